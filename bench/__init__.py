@@ -1,0 +1,1 @@
+"""Benchmarks: each writes JSON rows (one object per measurement, units in the key names)."""

@@ -1,0 +1,28 @@
+"""Command-line flags derived from a config dataclass: one flag per field, help from its metadata."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """--field-name for every field of `cls`; help text from field(metadata={"help": ...})."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        elif isinstance(default, list):
+            item = type(default[0]) if default else str
+            parser.add_argument(flag, dest=f.name, nargs="*", type=item, default=default, help=help_text)
+        else:
+            kind = f.metadata.get("type", type(default) if default is not None else str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text,
+                                metavar=f.metadata.get("metavar"))
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    """Build `cls` from parsed flags; its __post_init__ validates and names any bad field."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

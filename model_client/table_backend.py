@@ -1,0 +1,74 @@
+"""Table backends: where the Engram module gets one layer's rows from.
+
+A backend answers `lookup(row_ids)` for global row ids of one layer's [sum(primes), head_dim] table
+and returns the rows decoded to the caller's dtype. Every backend moves rows as the same stored bytes
+(RowFormat) and decodes them with the same function, so a remote table gives bit-identical rows to a
+local one. `LocalTableBackend` keeps the whole table in memory (CPU or GPU); the remote backend (memory
+service + row cache) comes with the client.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .row_format import RowFormat
+from .table_init import seeded_rows
+
+
+class TableBackend(Protocol):
+    row_format: RowFormat
+    num_rows: int
+
+    def lookup(self, row_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """int64 [...] global row ids -> `dtype` [..., head_dim] rows."""
+        ...
+
+
+class LocalTableBackend(nn.Module):
+    """One layer's table held in memory as encoded rows (uint8 [num_rows, row_bytes]).
+
+    The rows are a non-persistent buffer: they move with `.to(device)` but are not part of the
+    module's state dict (tables are loaded through `load_weight` or built from a store)."""
+
+    def __init__(self, encoded_rows, row_format: RowFormat):
+        super().__init__()
+        rows = torch.as_tensor(encoded_rows)
+        if rows.dtype != torch.uint8 or rows.dim() != 2 or rows.shape[1] != row_format.row_bytes:
+            raise ValueError(f"encoded rows must be uint8 [num_rows, {row_format.row_bytes}]; "
+                             f"got {rows.dtype} {tuple(rows.shape)}")
+        self.num_rows = rows.shape[0]
+        self.row_format = row_format
+        self.register_buffer("rows", rows, persistent=False)
+
+    @classmethod
+    def from_values(cls, values, row_format: RowFormat) -> "LocalTableBackend":
+        """Encode float rows [num_rows, head_dim] (numpy or torch) into a backend."""
+        if isinstance(values, torch.Tensor):
+            values = values.detach().to("cpu", torch.float32).numpy()
+        return cls(torch.from_numpy(row_format.encode(values)), row_format)
+
+    @classmethod
+    def seeded(cls, num_rows: int, row_format: RowFormat, seed: int, layer_id: int) -> "LocalTableBackend":
+        """The same rows `engram-memory load --random-init --seed S` writes for this layer."""
+        return cls.from_values(seeded_rows(seed, layer_id, 0, num_rows, row_format.head_dim), row_format)
+
+    def load_weight(self, weight) -> None:
+        """Store a float weight [num_rows, head_dim] (the reference's embedding.weight) in row_format."""
+        if isinstance(weight, torch.Tensor):
+            weight = weight.detach().to("cpu", torch.float32).numpy()
+        expected = (self.num_rows, self.row_format.head_dim)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"embedding weight has shape {tuple(weight.shape)}; this layer's table "
+                             f"needs {list(expected)} (sum of its prime sub-table sizes x head_dim)")
+        encoded = torch.from_numpy(self.row_format.encode(weight))
+        self.rows = encoded.to(self.rows.device)
+
+    def lookup(self, row_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        flat = row_ids.reshape(-1).to(self.rows.device)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_rows):
+            bad = flat[(flat < 0) | (flat >= self.num_rows)][0]
+            raise IndexError(f"row id {int(bad)} is outside this table's rows [0, {self.num_rows})")
+        gathered = self.rows.index_select(0, flat)
+        return self.row_format.decode_torch(gathered, dtype).reshape(*row_ids.shape, -1)
