@@ -135,9 +135,11 @@ class Engram(nn.Module):
         state = dict(state_dict)
         weight = state.pop("multi_head_embedding.embedding.weight", None)
         offsets = state.pop("multi_head_embedding.offsets", None)
-        if offsets is not None and not torch.equal(offsets.cpu().long(), self.multi_head_embedding.offsets.cpu()):
+        ours = self.multi_head_embedding.offsets
+        if offsets is not None and not torch.equal(offsets.cpu().long(), ours.cpu()):
             raise ValueError("multi_head_embedding.offsets in the state dict differ from this config's "
                              "sub-table offsets: the checkpoint was trained with another geometry")
+        state["multi_head_embedding.offsets"] = ours  # derived from the config, never loaded
         if weight is not None:
             if not hasattr(self.multi_head_embedding.embedding, "load_weight"):
                 raise ValueError("this Engram's table backend is read-only; load the table into the "

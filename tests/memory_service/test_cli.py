@@ -1,0 +1,63 @@
+"""The `engram-memory` console script, run as a user runs it."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+EXE = shutil.which("engram-memory") or os.path.join(os.path.dirname(sys.executable), "engram-memory")
+
+
+def run(*args, env=None):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args", [[], ["demo"], ["bench"], ["bench", "hashing"]])
+def test_help_explains_every_flag(args):
+    out = run(*args, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: engram-memory" in out.stdout
+    if args == ["demo"]:
+        for flag in ("--config", "--corpus", "--max-chars", "--seq-len"):
+            assert flag in out.stdout
+
+
+def test_demo_end_to_end_on_real_text():
+    out = run("demo", "--max-chars", "30000")
+    assert out.returncode == 0, out.stderr
+    assert "128,815 raw ids -> 98,627 compressed ids" in out.stdout
+    assert "10,344,164 / 10,348,242" in out.stdout           # demo geometry
+    assert "384,006,168 / 384,016,682" in out.stdout         # DeepSeek-V4.1
+    assert "188.8 GiB" in out.stdout
+    corpus_lines = [line for line in out.stdout.splitlines() if line.endswith("%")]
+    assert corpus_lines, out.stdout
+    for line in corpus_lines:
+        tokens = int(line.split()[1].replace(",", ""))
+        assert tokens > 1000
+
+
+def test_demo_on_a_given_file_and_bad_input(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 50)
+    out = run("demo", "--corpus", str(text), "--config", "paper-27b", "--seq-len", "64")
+    assert out.returncode == 0, out.stderr
+    assert "t.txt" in out.stdout and "Engram at layers [2, 15]" in out.stdout
+    bad = run("demo", "--config", "paper-99b")
+    assert bad.returncode == 2 and "neither a preset" in bad.stderr
+    missing = run("demo", "--corpus", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2 and "DemoConfig.corpus" in missing.stderr
+
+
+def test_bench_hashing_writes_json(tmp_path):
+    out_path = tmp_path / "h.json"
+    out = run("bench", "hashing", "--repeats", "1", "--out", str(out_path))
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out_path.read_text())
+    hashes = [r for r in rows if r["bench"] == "hash"]
+    assert {(r["lib"], r["batch_tokens"]) for r in hashes} == {
+        ("numpy", 4096), ("torch", 4096), ("numpy", 65536), ("torch", 65536)}
+    assert all(r["tokens_per_s"] > 0 for r in hashes)
+    assert {r["mode"] for r in rows if r["bench"] == "compression_build"} == {"cold", "cached"}
