@@ -27,6 +27,8 @@ class HashingBenchConfig:
     torch_threads: int = field(default=1, metadata={
         "help": "torch.set_num_threads for the torch runs (1: on 2 shared cores more threads slow "
                 "small ops down)"})
+    cuda: bool = field(default=False, metadata={
+        "help": "also time torch on the GPU (input already on the device, synchronized per run)"})
     out: str = field(default="bench/results/hashing.json", metadata={"help": "JSON output path"})
 
     def __post_init__(self):
@@ -73,9 +75,14 @@ def run(cfg: HashingBenchConfig) -> int:
         tokens = batch * 1024
         reps = -(-tokens // len(ids))  # repeat the text if it is shorter than the batch
         x_np = np.tile(ids, reps)[:tokens].reshape(batch, 1024)
-        x_t = torch.from_numpy(x_np)
-        for lib, x in (("numpy", x_np), ("torch", x_t)):
-            seconds = _median_s(lambda: hasher.hash_stacked(x), cfg.repeats)
+        cases = [("numpy", x_np, None), ("torch", torch.from_numpy(x_np), None)]
+        if cfg.cuda:
+            cases.append(("torch-cuda", torch.from_numpy(x_np).cuda(), torch.cuda.synchronize))
+        for lib, x, sync in cases:
+            # on the GPU: no validation (it would sync), and wait for the kernels inside the timing
+            call = (lambda: (hasher.hash_stacked(x, validate=False), sync())) if sync else \
+                (lambda: hasher.hash_stacked(x))
+            seconds = _median_s(call, cfg.repeats)
             rows.append({"bench": "hash", "lib": lib, "batch_tokens": tokens, "layers": len(config.layer_ids),
                          "columns": config.num_columns, "seconds_median": seconds,
                          "tokens_per_s": tokens / seconds, "torch_threads": cfg.torch_threads,
@@ -83,7 +90,7 @@ def run(cfg: HashingBenchConfig) -> int:
     out = write_rows(rows, cfg.out)
     for r in rows:
         if r["bench"] == "hash":
-            print(f"hash  {r['lib']:<6} {r['batch_tokens']:>6} tokens: {r['tokens_per_s']:>12,.0f} tokens/s")
+            print(f"hash  {r['lib']:<10} {r['batch_tokens']:>6} tokens: {r['tokens_per_s']:>12,.0f} tokens/s")
         else:
             print(f"compression build {r['mode']:<7}: {r['seconds']:.3f} s")
     print(f"wrote {out}")

@@ -8,8 +8,19 @@ import platform
 from pathlib import Path
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
-    return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    return {"machine": f"{platform.machine()} {cpu_model()}",
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
 
