@@ -151,7 +151,8 @@ class EngramConfig:
 # Table parameters: 2 layers x 2 orders x 8 heads x ~2,262,400 rows x 80 = 5.8e9 (27B) and
 # x ~7,239,680 rows = 18.5e9 (40B), the paper's 5.8B and 18.5B.
 # deepseek-v4.1: 2- to 4-grams, 8 heads of 256 values, 16,000,000 rows per order, blocks 1 and 14,
-# fp8 rows: 2 x 384e6 rows x (256 + 8) B = 189 GiB of tables.
+# fp8 rows: 2 x 384e6 rows x (256 + 8) B = 189 GiB of tables. Its backbone width is not part of the
+# published table facts; hidden_size 7168 (DeepSeek-V3's) and hc_mult 4 are placeholders for the module.
 PRESETS: dict[str, dict] = {
     "demo": {},
     "paper-27b": dict(engram_vocab_size=[2_262_400] * 2, n_embed_per_ngram=640, layer_ids=[2, 15],

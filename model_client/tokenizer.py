@@ -140,7 +140,8 @@ class CompressedTokenizer:
 
 def check_ids_in_range(raw_ids, vocab_size: int) -> None:
     """Raise ValueError naming the first offending id (numpy or torch input)."""
-    if raw_ids.size == 0 if isinstance(raw_ids, np.ndarray) else raw_ids.numel() == 0:
+    count = raw_ids.size if isinstance(raw_ids, np.ndarray) else raw_ids.numel()
+    if count == 0:
         return
     bad = (raw_ids < 0) | (raw_ids >= vocab_size)
     if bool(bad.any()):
