@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .store import StoreError
+
 
 def _demo(args) -> int:
     from model_client.demo import DemoConfig, run
@@ -18,10 +20,43 @@ def _bench_hashing(args) -> int:
     return run(dataclass_from_args(HashingBenchConfig, args))
 
 
+def _load(args) -> int:
+    from .loader import LoadConfig, run_load
+    from model_client.flags import dataclass_from_args
+    return run_load(dataclass_from_args(LoadConfig, args))
+
+
+def _serve(args) -> int:
+    from .server import ServiceConfig, serve
+    from model_client.flags import dataclass_from_args
+    return serve(dataclass_from_args(ServiceConfig, args))
+
+
+def _info(args) -> int:
+    from .info import InfoConfig, run_info
+    from model_client.flags import dataclass_from_args
+    return run_info(dataclass_from_args(InfoConfig, args))
+
+
+def _drop(args) -> int:
+    from .store import TableStore
+    store = TableStore(args.db)
+    try:
+        store.drop(args.table, args.version, force=args.force)
+    finally:
+        store.close()
+    print(f"dropped {args.table} v{args.version}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench.hashing import HashingBenchConfig
     from model_client.demo import DemoConfig
     from model_client.flags import add_dataclass_flags
+
+    from .info import InfoConfig
+    from .loader import LoadConfig
+    from .server import ServiceConfig
 
     parser = argparse.ArgumentParser(
         prog="engram-memory",
@@ -34,6 +69,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "report row reuse and the table geometry of every preset.")
     add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(func=_demo)
+
+    load = commands.add_parser(
+        "load", help="load Engram tables (one per layer) into an LMDB table store",
+        description="Create a new version of each Engram layer's table from a checkpoint or a seeded "
+                    "random init, verify it and publish it. Readers see the old version or the whole "
+                    "new one; a killed load stays visible to `info` as partial and `drop` removes it.")
+    add_dataclass_flags(load, LoadConfig)
+    load.set_defaults(func=_load)
+
+    serve = commands.add_parser(
+        "serve", help="serve a table store over gRPC",
+        description="Serve the tables of an LMDB store over gRPC from several processes on one port, "
+                    "with health checking, reflection, Prometheus metrics and graceful SIGTERM.")
+    add_dataclass_flags(serve, ServiceConfig)
+    serve.set_defaults(func=_serve)
+
+    info = commands.add_parser("info", help="list the tables, versions, sizes and checksums of a store",
+                               description="List every table version of a store, partial loads included.")
+    add_dataclass_flags(info, InfoConfig)
+    info.set_defaults(func=_info)
+
+    drop = commands.add_parser("drop", help="remove one table version (a partial load, an old version)",
+                               description="Remove one version of a table and free its rows.")
+    drop.add_argument("--db", required=True, help="LMDB table store directory")
+    drop.add_argument("--table", required=True, help="table name, e.g. layer1")
+    drop.add_argument("--version", required=True, type=int, help="version number (see `info`)")
+    drop.add_argument("--force", action="store_true", help="also drop the published version")
+    drop.set_defaults(func=_drop)
 
     bench = commands.add_parser("bench", help="measurements, written as JSON",
                                 description="Benchmarks; each writes JSON rows with units in key names.")
@@ -52,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+        print(f"engram-memory {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except StoreError as e:
         print(f"engram-memory {args.command}: error: {e}", file=sys.stderr)
         return 2
 

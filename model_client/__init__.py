@@ -14,6 +14,8 @@ _LAZY = {
     "MultiHeadEmbedding": "model_client.engram",
     "LocalTableBackend": "model_client.table_backend",
     "TableBackend": "model_client.table_backend",
+    "MemoryClient": "model_client.memory_client",
+    "MemoryServiceError": "model_client.memory_client",
 }
 
 __all__ = ["EngramConfig", "PRESETS", "ROW_DTYPES", "TableGeometry", "LookbackState", "NgramHasher",

@@ -8,8 +8,12 @@ import dataclasses
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     """--field-name for every field of `cls`; help text from field(metadata={"help": ...})."""
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.metadata.get("required"):
+            parser.add_argument(flag, dest=f.name, required=True, help=f.metadata.get("help", ""),
+                                type=f.metadata.get("type", str), metavar=f.metadata.get("metavar"))
+            continue
         help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,

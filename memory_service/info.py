@@ -1,0 +1,67 @@
+"""`engram-memory info`: what a table store holds, partial loads included."""
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from .manifest import LOADING
+from .store import TableStore, chunk_key
+
+
+@dataclass
+class InfoConfig:
+    db: str = field(default="", metadata={"required": True, "help": "LMDB table store directory"})
+    json: bool = field(default=False, metadata={"help": "print the manifests as JSON lines"})
+    verify: bool = field(default=False, metadata={
+        "help": "re-read every chunk of every complete version and compare its crc32 (reads all rows)"})
+
+
+def verify(store: TableStore, manifest) -> list[int]:
+    """Chunks whose bytes no longer match the crc32 written with them."""
+    bad = []
+    with store.env.begin(buffers=True) as txn:
+        for index in range(manifest.num_chunks):
+            key = chunk_key(manifest.table, manifest.version, index)
+            data, crc = txn.get(key, db=store.rows), txn.get(key, db=store.crc)
+            if data is None or crc is None or zlib.crc32(data) != struct.unpack(">I", crc)[0]:
+                bad.append(index)
+    return bad
+
+
+def run_info(cfg: InfoConfig) -> int:
+    store = TableStore(cfg.db, readonly=True)
+    try:
+        manifests = store.manifests()
+        if cfg.json:
+            for m in manifests:
+                print(m.to_json())
+            return 0
+        print(f"table store {store.path.resolve()}: {store.disk_bytes() / 2**30:.2f} GiB on disk, "
+              f"{len(manifests)} table version(s)")
+        if not manifests:
+            print("no tables yet: load some with `engram-memory load --db DIR --config demo --random-init`")
+            return 0
+        print(f"{'table':<10}{'ver':>4}  {'status':<10}{'rows':>14}  {'dtype':<9}{'row B':>6}{'size':>11}"
+              f"  {'checksum':<34}{'created (UTC)':<18}source")
+        failed = 0
+        for m in manifests:
+            status = m.status
+            if status == LOADING:
+                status += f" {m.rows_written / m.num_rows:.0%}"
+            created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.created_at))
+            print(f"{m.table:<10}{m.version:>4}  {status:<10}{m.num_rows:>14,}  {m.row_dtype:<9}{m.row_bytes:>6}"
+                  f"{m.num_rows * m.row_bytes / 2**30:>7.2f} GiB  {m.checksum or '-':<34}{created:<18}{m.source}")
+            if cfg.verify and m.status != LOADING:
+                bad = verify(store, m)
+                failed += bool(bad)
+                print(f"    verify: {'OK, every chunk matches its crc32' if not bad else f'{len(bad)} corrupt chunk(s), first {bad[0]}'}")
+        partial = [m for m in manifests if m.status == LOADING]
+        if partial:
+            print(f"\n{len(partial)} partial load(s) (killed or still running); remove with "
+                  "`engram-memory drop --db DIR --table T --version V`")
+        return 1 if failed else 0
+    finally:
+        store.close()

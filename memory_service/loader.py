@@ -1,0 +1,117 @@
+"""Load Engram tables into a TableStore: one table version per Engram layer.
+
+Rows stream in chunks: a background thread produces and encodes chunk i+1 (and i+2) while the main
+thread writes chunk i into LMDB, so a load runs near whichever is slower, the row source or the disk.
+Memory stays bounded by a few 16 MiB chunks whatever the table size.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from model_client.config import ROW_DTYPES, EngramConfig
+from model_client.geometry import TableGeometry
+from model_client.row_format import RowFormat
+
+from .checkpoint import DEFAULT_TENSOR, CheckpointRows, RandomRows
+from .manifest import TableManifest
+from .store import TableStore, chunk_rows_for
+
+PREFETCH_CHUNKS = 3
+
+
+def load_layer(store: TableStore, config: EngramConfig, layer_id: int, source, tokenizer_sha256: str,
+               compressed_vocab_size: int, publish: bool = True, progress: bool = True,
+               chunk_rows: int | None = None) -> TableManifest:
+    manifest = TableManifest.for_layer(config, layer_id, tokenizer_sha256, compressed_vocab_size,
+                                       chunk_rows or chunk_rows_for(config.row_bytes),
+                                       source.description, time.time())
+    manifest = store.create_version(manifest)
+    fmt = RowFormat(config.row_dtype, config.head_dim)
+
+    def encoded(index: int) -> tuple[int, bytes]:
+        start = index * manifest.chunk_rows
+        stop = min(start + manifest.chunk_rows, manifest.num_rows)
+        return index, fmt.encode(source.rows(start, stop)).tobytes()
+
+    bar = tqdm(total=manifest.num_rows, unit="rows", unit_scale=True, disable=not progress,
+               desc=f"{manifest.table} v{manifest.version} ({manifest.num_rows * manifest.row_bytes / 2**30:.2f} GiB)")
+    with ThreadPoolExecutor(max_workers=2) as pool, bar:
+        def ordered_chunks():
+            futures = [pool.submit(encoded, i) for i in range(min(PREFETCH_CHUNKS, manifest.num_chunks))]
+            for index in range(manifest.num_chunks):
+                chunk = futures[index].result()
+                if index + PREFETCH_CHUNKS < manifest.num_chunks:
+                    futures.append(pool.submit(encoded, index + PREFETCH_CHUNKS))
+                futures[index] = None  # let the chunk's bytes go once written
+                yield chunk
+        store.write_chunks(manifest, ordered_chunks(), progress=bar.update)
+    if publish:
+        store.publish(manifest.table, manifest.version)
+    return store.manifest(manifest.table, manifest.version)
+
+
+@dataclass
+class LoadConfig:
+    db: str = field(default="", metadata={"required": True, "help": "LMDB table store directory (created if absent)"})
+    config: str = field(default="demo", metadata={
+        "help": "EngramConfig preset (demo, paper-27b, paper-40b, deepseek-v4.1) or JSON file"})
+    checkpoint: str = field(default="", metadata={
+        "flag": "--from", "metavar": "CKPT",
+        "help": "checkpoint with one [rows, head_dim] embedding per Engram layer (.safetensors; "
+                ".pt/.bin need torch)"})
+    random_init: bool = field(default=False, metadata={
+        "help": "fill the tables with seeded random rows instead (deterministic, any size)"})
+    seed: int = field(default=0, metadata={"help": "seed of --random-init rows"})
+    dtype: str = field(default="", metadata={
+        "help": "row dtype to store: float32, bfloat16, float16 or fp8-e4m3 (default: the config's)"})
+    tensor: str = field(default=DEFAULT_TENSOR, metadata={
+        "help": "checkpoint tensor name of layer {L}'s rows"})
+    layers: list[int] = field(default_factory=list, metadata={"help": "only these Engram layers (default: all)"})
+    publish: bool = field(default=True, metadata={"help": "publish each table once loaded and verified"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        if not self.db:
+            raise ValueError("LoadConfig.db: name the table store directory (--db DIR)")
+        if bool(self.checkpoint) == bool(self.random_init):
+            raise ValueError("LoadConfig: give exactly one source, --from CKPT or --random-init")
+        if self.dtype and self.dtype not in ROW_DTYPES:
+            raise ValueError(f"LoadConfig.dtype must be one of {', '.join(ROW_DTYPES)} (got {self.dtype!r})")
+        if "{L}" not in self.tensor:
+            raise ValueError(f"LoadConfig.tensor must contain {{L}} for the layer id (got {self.tensor!r})")
+
+
+def run_load(cfg: LoadConfig) -> int:
+    from model_client.tokenizer import CompressedTokenizer
+
+    config = EngramConfig.load(cfg.config)
+    if cfg.dtype:
+        config = config.replace(row_dtype=cfg.dtype)
+    layers = cfg.layers or config.layer_ids
+    unknown = [layer for layer in layers if layer not in config.layer_ids]
+    if unknown:
+        raise ValueError(f"LoadConfig.layers: {unknown} are not Engram layers of this config {config.layer_ids}")
+    tokenizer = CompressedTokenizer(config.tokenizer)
+    store = TableStore(cfg.db, bulk=True)
+    geometry = TableGeometry.from_config(config)
+    try:
+        for layer in layers:
+            if cfg.checkpoint:
+                source = CheckpointRows(cfg.checkpoint, cfg.tensor.replace("{L}", str(layer)),
+                                        geometry.rows(layer), config.head_dim)
+            else:
+                source = RandomRows(cfg.seed, layer, config.head_dim)
+            t0 = time.perf_counter()
+            m = load_layer(store, config, layer, source, tokenizer.sha256, tokenizer.num_compressed,
+                           publish=cfg.publish, progress=cfg.progress)
+            seconds = time.perf_counter() - t0
+            size = m.num_rows * m.row_bytes
+            print(f"{m.table} v{m.version}: {m.num_rows:,} rows x {m.row_bytes} B = {size / 2**30:.2f} GiB "
+                  f"in {seconds:.1f} s ({size / seconds / 2**20:,.0f} MiB/s), {m.status}, checksum {m.checksum or '-'}")
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,189 @@
+"""`engram-memory serve`: the memory service, several reader processes on one port.
+
+The parent reserves the port (SO_REUSEPORT), starts `workers` processes that each open the LMDB
+environment themselves (it must not cross a fork) and run a gRPC server on that same port, then
+serves Prometheus metrics for all of them. One client connection lands on one process, so clients
+open several channels. SIGTERM or Ctrl-C stops the workers gracefully (in-flight calls finish within
+`grace_s`); a worker that dies is logged and restarted.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .logs import log, setup
+
+logger = logging.getLogger("engram_memory")
+
+
+@dataclass
+class ServiceConfig:
+    db: str = field(default="data/tables", metadata={"help": "LMDB table store directory (from `engram-memory load`)"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address to listen on; 0.0.0.0 to accept workers from other hosts"})
+    port: int = field(default=50051, metadata={"help": "gRPC port (0: pick a free one and log it)"})
+    workers: int = field(default=0, metadata={
+        "help": "server processes sharing the port (0: one per CPU core, at most 8)"})
+    threads: int = field(default=8, metadata={"help": "request threads per server process"})
+    metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0: off)"})
+    max_request_rows: int = field(default=1 << 20, metadata={
+        "help": "row ids per Lookup request; more is RESOURCE_EXHAUSTED (clients chunk below it)"})
+    # 256 MiB carries 1,048,576 rows of 256 B; gRPC's default 4 MiB would cap a response at 16,384.
+    max_message_mb: int = field(default=256, metadata={"help": "largest request or response, MiB"})
+    refresh_ms: int = field(default=50, metadata={
+        "help": "how often readers look for newly published versions, milliseconds"})
+    grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"})
+    create: bool = field(default=False, metadata={
+        "help": "create an empty store if --db does not exist (tables then come through AdminService)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+    def __post_init__(self):
+        def check(name, ok, why):
+            if not ok:
+                raise ValueError(f"ServiceConfig.{name}: {why} (got {getattr(self, name)!r})")
+        check("port", 0 <= self.port < 65536, "must be a TCP port in [0, 65535]")
+        check("metrics_port", 0 <= self.metrics_port < 65536, "must be a TCP port in [0, 65535] (0: off)")
+        check("workers", 0 <= self.workers <= 64, "must be in [0, 64]")
+        check("threads", 1 <= self.threads <= 256, "must be in [1, 256]")
+        check("max_request_rows", self.max_request_rows >= 1, "must be >= 1")
+        check("max_message_mb", 4 <= self.max_message_mb <= 2047, "must be in [4, 2047] MiB")
+        check("refresh_ms", self.refresh_ms >= 1, "must be >= 1")
+        check("grace_s", self.grace_s >= 0, "must be >= 0")
+        check("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "must be a log level")
+        check("db", self.create or (Path(self.db) / "data.mdb").is_file(),
+              "no table store there: create one with `engram-memory load --db DIR ...` or pass --create")
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or min(8, os.cpu_count() or 1)
+
+
+@contextmanager
+def _reserve_port(host: str, port: int):
+    """Hold the port with SO_REUSEPORT so the workers can all bind it (grpc's multiprocessing example)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
+    """One server process: its own LMDB environment, servicers, health and reflection."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from protos import pb2
+
+    from .reader import StoreReader
+    from .servicer import AdminServicer, MemoryServicer, add_to_server
+    from .store import TableStore
+
+    from model_client.malloc import keep_large_buffers
+
+    setup(cfg.log_level)
+    keep_large_buffers()  # 16 MiB responses reuse heap memory instead of faulting in fresh pages
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    store = TableStore(cfg.db)
+    reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000)
+    limit = cfg.max_message_mb << 20
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=[
+        ("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit)])
+    memory = MemoryServicer(store, reader, cfg.max_request_rows, limit)
+    add_to_server(memory, AdminServicer(store, memory), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("MemoryService", "AdminService")]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    server.add_insecure_port(f"{cfg.host}:{port}")
+    server.start()
+    ready.put(os.getpid())
+    log(logger, logging.INFO, "worker serving", port=port, db=cfg.db)
+    while not stop.wait(0.5):  # SERVING once at least one table is published and readable
+        serving = any(store.current_version(t) for t in {m.table for m in store.manifests()})
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", names[0]):
+            health_servicer.set(name, status)
+    health_servicer.enter_graceful_shutdown()
+    server.stop(cfg.grace_s).wait()
+    reader.close()
+    store.close()
+    log(logger, logging.INFO, "worker stopped")
+
+
+def _wait_ready(procs, ready, timeout_s: float = 120) -> None:
+    """Wait until every worker is serving; fail fast if one exits first (bad port, bad store)."""
+    import queue
+    pending, deadline = len(procs), time.monotonic() + timeout_s
+    while pending:
+        try:
+            ready.get(timeout=0.2)
+            pending -= 1
+        except queue.Empty:
+            dead = [p for p in procs if not p.is_alive()]
+            if dead or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                why = f"exited with code {dead[0].exitcode}" if dead else f"not ready after {timeout_s:.0f} s"
+                raise RuntimeError(f"a server worker {why}; see its log above")
+
+
+def serve(cfg: ServiceConfig) -> int:
+    setup(cfg.log_level)
+    if cfg.create:
+        from .store import TableStore
+        TableStore(cfg.db).close()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir = tempfile.mkdtemp(prefix="engram-metrics-")
+    from . import metrics
+    ctx = mp.get_context("spawn")  # fresh interpreters: no grpc or LMDB state crosses a fork
+    ready = ctx.Queue()
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    with _reserve_port(cfg.host, cfg.port) as port:
+        procs = [ctx.Process(target=_worker_main, args=(cfg, port, ready), daemon=True)
+                 for _ in range(cfg.num_workers)]
+        for p in procs:
+            p.start()
+        _wait_ready(procs, ready)
+        if cfg.metrics_port:
+            metrics.serve_metrics(cfg.metrics_port, cfg.host)
+        log(logger, logging.INFO, "serving", host=cfg.host, port=port, workers=len(procs),
+            metrics_port=cfg.metrics_port, db=str(Path(cfg.db).resolve()))
+        while not stopping.wait(0.5):
+            for i, p in enumerate(procs):
+                if not p.is_alive() and not stopping.is_set():
+                    log(logger, logging.ERROR, "worker died; restarting", pid=p.pid, exitcode=p.exitcode)
+                    metrics.worker_exited(p.pid)
+                    procs[i] = ctx.Process(target=_worker_main, args=(cfg, port, ready), daemon=True)
+                    procs[i].start()
+        log(logger, logging.INFO, "shutting down", grace_s=cfg.grace_s)
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + cfg.grace_s + 5
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+    log(logger, logging.INFO, "stopped")
+    import shutil
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0

@@ -1,0 +1,241 @@
+"""The gRPC servicers: MemoryService (reads) and AdminService (versions, rows, publish, drop).
+
+Every refusal carries the status that fits and a message naming the field, the table and the valid
+range; nothing a client sends can stop the process from serving the next request.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import grpc
+import numpy as np
+
+from protos import pb2, pb2_grpc
+
+from . import metrics, wire
+from .logs import log
+from .manifest import TableManifest
+from .reader import StoreReader
+from .store import StoreError, TableStore
+
+logger = logging.getLogger("engram_memory")
+
+
+def _abort(context, code: str, message: str):
+    context.abort(getattr(grpc.StatusCode, code), message)
+
+
+class _Rpc:
+    """Times one request and records its metrics; turns StoreError into the matching status."""
+
+    def __init__(self, rpc: str, context, known_tables):
+        self.rpc, self.context, self.known = rpc, context, known_tables
+        self.table = "-"
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def label(self, table: str) -> None:
+        self.table = table if table in self.known() else "unknown"  # bounded label values
+
+    def __exit__(self, kind, error, tb):
+        if error is None:
+            code = "OK"
+        elif isinstance(error, StoreError):
+            code = error.code
+        elif self.context.code() is not None:  # grpc's own abort() unwinding
+            code = self.context.code().name
+        else:
+            code = "INTERNAL"
+            log(logger, logging.ERROR, "internal error", rpc=self.rpc, table=self.table, error=repr(error))
+        metrics.REQUESTS.labels(self.rpc, self.table, code).inc()
+        metrics.LATENCY.labels(self.rpc, self.table).observe(time.perf_counter() - self.t0)
+        if code != "OK":
+            metrics.ERRORS.labels(self.rpc, code).inc()
+        if isinstance(error, StoreError):
+            _abort(self.context, error.code, str(error))
+        if code == "INTERNAL":
+            _abort(self.context, "INTERNAL", f"internal error: {error!r}")
+        return False
+
+
+class MemoryServicer(pb2_grpc.MemoryServiceServicer):
+    def __init__(self, store: TableStore, reader: StoreReader, max_request_rows: int, max_message_bytes: int):
+        self.store, self.reader = store, reader
+        self.max_request_rows, self.max_message_bytes = max_request_rows, max_message_bytes
+        self.started = time.time()
+        self.counts = {"requests": 0, "rows": 0, "bytes": 0, "errors": 0}
+        self._tables: set[str] = set()
+        self._tables_at = 0.0
+
+    def known_tables(self) -> set[str]:
+        """Table names for metric labels, re-read at most every 5 s."""
+        if time.monotonic() - self._tables_at > 5:
+            self._tables = {m.table for m in self.store.manifests()}
+            self._tables_at = time.monotonic()
+        return self._tables
+
+    # ---- lookups ------------------------------------------------------------------------------------
+    def _lookup(self, request, context, rpc: str) -> bytes:
+        """A serialized LookupResponse (see wire.py; `add_to_server` sends it as it is)."""
+        self.counts["requests"] += 1
+        try:
+            with _Rpc(rpc, context, self.known_tables) as call:
+                call.label(request.table)
+                if not request.table:
+                    raise StoreError("INVALID_ARGUMENT", "table is empty: name a table, e.g. layer1")
+                size = len(request.row_ids)
+                if size % 8:
+                    raise StoreError("INVALID_ARGUMENT", f"row_ids of table {request.table!r} has {size} bytes, "
+                                     "not a multiple of 8 (row ids are little-endian int64)")
+                n = size // 8
+                if n > self.max_request_rows:
+                    raise StoreError("RESOURCE_EXHAUSTED", f"request for table {request.table!r} has {n} row "
+                                     f"ids; the limit is {self.max_request_rows} per request: split the batch")
+                ids = np.frombuffer(request.row_ids, dtype="<i8")
+                with self.reader.snapshot() as snap:
+                    view = snap.view(request.table, request.version)
+                    m = view.manifest
+                    if n * m.row_bytes > self.max_message_bytes:
+                        raise StoreError("RESOURCE_EXHAUSTED", f"{n} rows of table {m.table} are "
+                                         f"{n * m.row_bytes} B; responses are limited to "
+                                         f"{self.max_message_bytes} B = {self.max_message_bytes // m.row_bytes} "
+                                         "rows of this table: split the batch")
+                    rows = view.gather(ids)
+                metrics.ROWS.labels(rpc, call.table).inc(n)
+                metrics.BYTES.labels(rpc, call.table).inc(rows.nbytes)
+                self.counts["rows"] += n
+                self.counts["bytes"] += rows.nbytes
+                return wire.lookup_response(m.table, m.version, m.row_bytes, rows, request.request_id)
+        except BaseException:
+            self.counts["errors"] += 1
+            raise
+
+    def Lookup(self, request, context):
+        return self._lookup(request, context, "Lookup")
+
+    def StreamLookup(self, request_iterator, context):
+        for request in request_iterator:
+            yield self._lookup(request, context, "StreamLookup")
+
+    # ---- catalog ------------------------------------------------------------------------------------
+    def _info(self, manifest: TableManifest) -> pb2.TableInfo:
+        versions = [m.version for m in self.store.manifests(manifest.table)]
+        return pb2.TableInfo(table=manifest.table, version=manifest.version, status=manifest.status,
+                             num_rows=manifest.num_rows, row_bytes=manifest.row_bytes,
+                             row_dtype=manifest.row_dtype, manifest_json=manifest.to_json(), versions=versions)
+
+    def ListTables(self, request, context):
+        with _Rpc("ListTables", context, self.known_tables):
+            tables = sorted({m.table for m in self.store.manifests()})
+            infos = []
+            for table in tables:
+                if self.store.current_version(table):
+                    infos.append(self._info(self.store.manifest(table)))
+            return pb2.ListTablesResponse(tables=infos)
+
+    def DescribeTable(self, request, context):
+        with _Rpc("DescribeTable", context, self.known_tables) as call:
+            call.label(request.table)
+            return self._info(self.store.manifest(request.table, request.version))
+
+    def Stats(self, request, context):
+        return pb2.StatsResponse(pid=os.getpid(), uptime_s=time.time() - self.started, **self.counts)
+
+
+def add_to_server(memory: MemoryServicer, admin: "AdminServicer", server) -> None:
+    """Register both services; Lookup and StreamLookup answers are already serialized bytes."""
+    pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
+    req = pb2.LookupRequest.FromString
+    handlers = {
+        "Lookup": grpc.unary_unary_rpc_method_handler(memory.Lookup, request_deserializer=req,
+                                                      response_serializer=bytes),
+        "StreamLookup": grpc.stream_stream_rpc_method_handler(memory.StreamLookup, request_deserializer=req,
+                                                              response_serializer=bytes),
+    }
+    for name, request_type in (("ListTables", pb2.ListTablesRequest), ("DescribeTable", pb2.DescribeTableRequest),
+                               ("Stats", pb2.StatsRequest)):
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            getattr(memory, name), request_deserializer=request_type.FromString,
+            response_serializer=lambda message: message.SerializeToString())
+    service = pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+class AdminServicer(pb2_grpc.AdminServiceServicer):
+    def __init__(self, store: TableStore, memory: MemoryServicer):
+        self.store, self.memory = store, memory
+
+    def CreateVersion(self, request, context):
+        with _Rpc("CreateVersion", context, self.memory.known_tables):
+            try:
+                manifest = TableManifest.from_json(request.manifest_json)
+            except ValueError as e:
+                raise StoreError("INVALID_ARGUMENT", f"manifest_json: {e}") from None
+            if request.table and request.table != manifest.table:
+                raise StoreError("INVALID_ARGUMENT", f"table {request.table!r} differs from the manifest's "
+                                 f"table {manifest.table!r}")
+            manifest = self.store.create_version(manifest)
+            self.memory._tables_at = 0.0
+            log(logger, logging.INFO, "version created", table=manifest.table, version=manifest.version)
+            return pb2.CreateVersionResponse(version=manifest.version)
+
+    def WriteRows(self, request_iterator, context):
+        with _Rpc("WriteRows", context, self.memory.known_tables) as call:
+            manifest, buffer, chunk, written = None, bytearray(), 0, 0
+            for request in request_iterator:
+                if manifest is None:
+                    manifest = self.store.manifest(request.table, request.version)
+                    call.label(manifest.table)
+                    if request.version == 0 or request.start_row % manifest.chunk_rows:
+                        raise StoreError("INVALID_ARGUMENT", f"a WriteRows stream must name a version and start "
+                                         f"at a multiple of chunk_rows={manifest.chunk_rows}; got version "
+                                         f"{request.version}, start_row {request.start_row}")
+                    chunk = request.start_row // manifest.chunk_rows
+                    next_row = request.start_row
+                if (request.table, request.version) != (manifest.table, manifest.version):
+                    raise StoreError("INVALID_ARGUMENT", "every message of a WriteRows stream must name the same "
+                                     f"table and version ({manifest.table} v{manifest.version})")
+                if request.start_row != next_row:
+                    raise StoreError("INVALID_ARGUMENT", f"start_row {request.start_row} does not continue the "
+                                     f"stream (expected {next_row}): send rows in order")
+                if len(request.rows) % manifest.row_bytes:
+                    raise StoreError("INVALID_ARGUMENT", f"rows has {len(request.rows)} B, not a multiple of "
+                                     f"row_bytes={manifest.row_bytes} of table {manifest.table}")
+                next_row += len(request.rows) // manifest.row_bytes
+                if next_row > manifest.num_rows:
+                    raise StoreError("INVALID_ARGUMENT", f"rows up to {next_row} exceed table {manifest.table}'s "
+                                     f"{manifest.num_rows} rows")
+                buffer += request.rows
+                chunk_bytes = manifest.chunk_rows * manifest.row_bytes
+                while len(buffer) >= chunk_bytes or (buffer and next_row == manifest.num_rows):
+                    piece = bytes(buffer[:chunk_bytes])
+                    del buffer[:chunk_bytes]
+                    self.store.write_chunks(manifest, [(chunk, piece)])
+                    written += len(piece) // manifest.row_bytes
+                    chunk += 1
+            if manifest is not None and buffer:
+                raise StoreError("INVALID_ARGUMENT", f"stream ended at row {next_row}, inside a chunk: a stream "
+                                 f"must end at a multiple of chunk_rows={manifest.chunk_rows} or at num_rows")
+            return pb2.WriteRowsResponse(rows_written=written)
+
+    def Publish(self, request, context):
+        with _Rpc("Publish", context, self.memory.known_tables) as call:
+            call.label(request.table)
+            previous = self.store.publish(request.table, request.version, request.expected_checksum)
+            log(logger, logging.INFO, "version published", table=request.table, version=request.version,
+                previous=previous)
+            return pb2.PublishResponse(previous_version=previous)
+
+    def DropVersion(self, request, context):
+        with _Rpc("DropVersion", context, self.memory.known_tables) as call:
+            call.label(request.table)
+            if request.version == 0:
+                raise StoreError("INVALID_ARGUMENT", "version is 0: name the version to drop")
+            self.store.drop(request.table, request.version, force=request.force)
+            self.memory._tables_at = 0.0
+            log(logger, logging.INFO, "version dropped", table=request.table, version=request.version)
+            return pb2.DropVersionResponse()
