@@ -1,7 +1,6 @@
 """`engram-memory info`: what a table store holds, partial loads included."""
 from __future__ import annotations
 
-import json
 import struct
 import time
 import zlib

@@ -49,6 +49,7 @@ def load_layer(store: TableStore, config: EngramConfig, layer_id: int, source, t
                 futures[index] = None  # let the chunk's bytes go once written
                 yield chunk
         store.write_chunks(manifest, ordered_chunks(), progress=bar.update)
+    store.finish(manifest.table, manifest.version)
     if publish:
         store.publish(manifest.table, manifest.version)
     return store.manifest(manifest.table, manifest.version)
@@ -70,8 +71,13 @@ class LoadConfig:
         "help": "row dtype to store: float32, bfloat16, float16 or fp8-e4m3 (default: the config's)"})
     tensor: str = field(default=DEFAULT_TENSOR, metadata={
         "help": "checkpoint tensor name of layer {L}'s rows"})
-    layers: list[int] = field(default_factory=list, metadata={"help": "only these Engram layers (default: all)"})
+    layers: list[int] = field(default_factory=list, metadata={
+        "type": int, "help": "only these Engram layers (default: all)"})
     publish: bool = field(default=True, metadata={"help": "publish each table once loaded and verified"})
+    commit_mb: int = field(default=256, metadata={
+        "help": "MiB of rows per LMDB commit: bounds the loader's memory; `info` shows progress per commit"})
+    chunk_rows: int = field(default=0, metadata={
+        "help": "rows per LMDB value, a power of two (0: the largest within 16 MiB)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self):
@@ -81,6 +87,10 @@ class LoadConfig:
             raise ValueError("LoadConfig: give exactly one source, --from CKPT or --random-init")
         if self.dtype and self.dtype not in ROW_DTYPES:
             raise ValueError(f"LoadConfig.dtype must be one of {', '.join(ROW_DTYPES)} (got {self.dtype!r})")
+        if self.commit_mb < 1:
+            raise ValueError(f"LoadConfig.commit_mb must be >= 1 (got {self.commit_mb})")
+        if self.chunk_rows < 0 or self.chunk_rows & (self.chunk_rows - 1):
+            raise ValueError(f"LoadConfig.chunk_rows must be 0 or a power of two (got {self.chunk_rows})")
         if "{L}" not in self.tensor:
             raise ValueError(f"LoadConfig.tensor must contain {{L}} for the layer id (got {self.tensor!r})")
 
@@ -96,7 +106,7 @@ def run_load(cfg: LoadConfig) -> int:
     if unknown:
         raise ValueError(f"LoadConfig.layers: {unknown} are not Engram layers of this config {config.layer_ids}")
     tokenizer = CompressedTokenizer(config.tokenizer)
-    store = TableStore(cfg.db, bulk=True)
+    store = TableStore(cfg.db, bulk=True, commit_bytes=cfg.commit_mb << 20)
     geometry = TableGeometry.from_config(config)
     try:
         for layer in layers:
@@ -107,7 +117,7 @@ def run_load(cfg: LoadConfig) -> int:
                 source = RandomRows(cfg.seed, layer, config.head_dim)
             t0 = time.perf_counter()
             m = load_layer(store, config, layer, source, tokenizer.sha256, tokenizer.num_compressed,
-                           publish=cfg.publish, progress=cfg.progress)
+                           publish=cfg.publish, progress=cfg.progress, chunk_rows=cfg.chunk_rows or None)
             seconds = time.perf_counter() - t0
             size = m.num_rows * m.row_bytes
             print(f"{m.table} v{m.version}: {m.num_rows:,} rows x {m.row_bytes} B = {size / 2**30:.2f} GiB "

@@ -18,7 +18,7 @@ LOADING, READY, PUBLISHED = "loading", "ready", "published"
 
 # Fields that decide which row a token reads or how its bytes decode. hidden_size, hc_mult and
 # kernel_size shape the module around the table, not the table, so they are not compared.
-ROW_ADDRESS_FIELDS = ("tokenizer", "engram_vocab_size", "max_ngram_size", "n_embed_per_ngram",
+ROW_ADDRESS_FIELDS = ("tokenizer", "max_ngram_size", "engram_vocab_size", "n_embed_per_ngram",
                       "n_head_per_ngram", "layer_ids", "pad_id", "seed", "row_dtype")
 
 
@@ -57,8 +57,8 @@ class TableManifest:
                    created_at=created_at)
 
     def __post_init__(self):
-        if self.chunk_rows < 1:
-            raise ValueError(f"TableManifest.chunk_rows must be >= 1 (got {self.chunk_rows})")
+        if self.chunk_rows < 1 or self.chunk_rows & (self.chunk_rows - 1):
+            raise ValueError(f"TableManifest.chunk_rows must be a power of two (got {self.chunk_rows})")
         if self.num_rows < 1:
             raise ValueError(f"TableManifest.num_rows must be >= 1 (got {self.num_rows})")
         config = self.engram_config()

@@ -86,8 +86,9 @@ def open_env(path: str | os.PathLike, readonly: bool = False, map_size: int = DE
 
 class TableStore:
     def __init__(self, path: str | os.PathLike, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE,
-                 bulk: bool = False):
+                 bulk: bool = False, commit_bytes: int = COMMIT_BYTES):
         self.path = Path(path)
+        self.commit_bytes = commit_bytes
         self.env = open_env(path, readonly, map_size, bulk)
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.rows = self.env.open_db(b"rows", create=not readonly)
@@ -108,7 +109,7 @@ class TableStore:
         cursor = txn.cursor(db=self.meta)
         if cursor.set_range(prefix):
             for key, value in cursor:
-                if not key.startswith(prefix):
+                if not bytes(key).startswith(prefix):
                     break
                 out.append(TableManifest.from_json(bytes(value)))
         return out
@@ -150,7 +151,7 @@ class TableStore:
         return manifest
 
     def write_chunks(self, manifest: TableManifest, chunks, progress=None) -> None:
-        """Write (chunk_index, bytes) pairs, committing every ~256 MiB; each chunk must be whole
+        """Write (chunk_index, bytes) pairs, committing every `commit_bytes`; each chunk must be whole
         (chunk_rows rows, fewer only for the last chunk)."""
         pending, pending_rows = 0, 0
         txn = self.env.begin(write=True)
@@ -164,7 +165,7 @@ class TableStore:
                 pending_rows += len(data) // manifest.row_bytes
                 if progress is not None:
                     progress(len(data) // manifest.row_bytes)
-                if pending >= COMMIT_BYTES:
+                if pending >= self.commit_bytes:
                     self._bump_rows_written(txn, manifest, pending_rows)
                     txn.commit()
                     txn, pending, pending_rows = self.env.begin(write=True), 0, 0
@@ -205,27 +206,42 @@ class TableStore:
                 digest.update(crc)
         return digest.hexdigest(), missing
 
+    def finish(self, table: str, version: int) -> TableManifest:
+        """Check that a loading version holds every chunk, record its checksum, mark it READY."""
+        with self.env.begin(write=True) as txn:
+            manifest = self._finish(txn, table, version)
+        return manifest
+
+    def _finish(self, txn, table: str, version: int) -> TableManifest:
+        manifest = self._manifest(txn, table, version)
+        if manifest.status == DROPPING:
+            raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is being dropped")
+        if manifest.status != LOADING:
+            return manifest
+        checksum, missing = self.chunk_checksum(txn, manifest)
+        if missing:
+            raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is incomplete: "
+                             f"{len(missing)} of {manifest.num_chunks} chunks missing "
+                             f"(first: chunk {missing[0]}, rows from {missing[0] * manifest.chunk_rows})")
+        manifest.status, manifest.checksum, manifest.rows_written = READY, checksum, manifest.num_rows
+        txn.put(manifest_key(table, version), manifest.to_json().encode(), db=self.meta)
+        return manifest
+
     def publish(self, table: str, version: int, expected_checksum: str = "") -> int:
-        """Make `version` the one readers see; returns the previously published version (0: none)."""
+        """Make `version` the one readers see (finishing it first if it is still loading); returns
+        the previously published version (0: none)."""
         self.env.sync(True)  # the rows are on disk before any reader can be pointed at them
         with self.env.begin(write=True) as txn:
-            manifest = self._manifest(txn, table, version)
-            if manifest.status == DROPPING:
-                raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is being dropped")
-            checksum, missing = self.chunk_checksum(txn, manifest)
-            if missing:
-                raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is incomplete: "
-                                 f"{len(missing)} of {manifest.num_chunks} chunks missing "
-                                 f"(first: chunk {missing[0]}, rows from {missing[0] * manifest.chunk_rows})")
-            if expected_checksum and expected_checksum != checksum:
-                raise StoreError("DATA_LOSS", f"{table} v{version} checksum {checksum} differs from "
-                                 f"the expected {expected_checksum}")
+            manifest = self._finish(txn, table, version)
+            if expected_checksum and expected_checksum != manifest.checksum:
+                raise StoreError("DATA_LOSS", f"{table} v{version} checksum {manifest.checksum} differs "
+                                 f"from the expected {expected_checksum}")
             previous = self.current_version(table, txn)
             if previous and previous != version:
                 old = self._manifest(txn, table, previous)
                 old.status = READY
                 txn.put(manifest_key(table, previous), old.to_json().encode(), db=self.meta)
-            manifest.status, manifest.checksum, manifest.rows_written = PUBLISHED, checksum, manifest.num_rows
+            manifest.status = PUBLISHED
             txn.put(manifest_key(table, version), manifest.to_json().encode(), db=self.meta)
             txn.put(current_key(table), _u64(version), db=self.meta)
         return previous if previous != version else 0
@@ -242,7 +258,7 @@ class TableStore:
                 txn.delete(current_key(table), db=self.meta)
             manifest.status = DROPPING
             txn.put(manifest_key(table, version), manifest.to_json().encode(), db=self.meta)
-        batch = max(1, COMMIT_BYTES // (manifest.chunk_rows * manifest.row_bytes))
+        batch = max(1, self.commit_bytes // (manifest.chunk_rows * manifest.row_bytes))
         for start in range(0, manifest.num_chunks, batch):
             with self.env.begin(write=True) as txn:
                 for index in range(start, min(start + batch, manifest.num_chunks)):

@@ -29,7 +29,8 @@ def lookup_response(table: str, version: int, row_bytes: int, rows: np.ndarray, 
                      bytes([_ROW_BYTES]), varint(row_bytes), bytes([_NUM_ROWS]), varint(len(rows)),
                      bytes([_ROWS]), varint(rows.nbytes)])
     tail = bytes([_REQUEST_ID]) + varint(request_id) if request_id else b""
-    return b"".join([head, memoryview(np.ascontiguousarray(rows)).cast("B"), tail])
+    body = np.ascontiguousarray(rows).reshape(-1)  # a flat uint8 view: one copy, into the join
+    return b"".join([head, body.data, tail])
 
 
 class LookupAnswer:

@@ -19,7 +19,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
         elif isinstance(default, list):
-            item = type(default[0]) if default else str
+            item = f.metadata.get("type") or (type(default[0]) if default else str)
             parser.add_argument(flag, dest=f.name, nargs="*", type=item, default=default, help=help_text)
         else:
             kind = f.metadata.get("type", type(default) if default is not None else str)

@@ -122,6 +122,8 @@ class MemoryClient:
         return RowFormat(manifest.row_dtype, manifest.head_dim).decode(self.lookup(table, row_ids, version))
 
     def _fetch(self, table: str, unique: np.ndarray, version: int, row_bytes: int) -> np.ndarray:
+        if not len(unique):
+            return np.empty((0, row_bytes), dtype=np.uint8)
         step = self.max_rows_per_request
         pieces = [unique[i:i + step] for i in range(0, len(unique), step)]
         answers = self._send_all(table, pieces, [version] * len(pieces))
@@ -131,6 +133,8 @@ class MemoryClient:
             stale = [i for i, a in enumerate(answers) if a.version != newest]
             for i, a in zip(stale, self._send_all(table, [pieces[i] for i in stale], [newest] * len(stale))):
                 answers[i] = a
+        if answers[0].version != self._manifests[(table, version)].version:
+            self._manifests.pop((table, version))  # a new version is published: re-read its manifest
         parts = []
         for piece, answer in zip(pieces, answers):
             if answer.row_bytes != row_bytes or len(answer.rows) != len(piece) * row_bytes:

@@ -43,3 +43,15 @@ def real_text_ids(tokenizer, language: str, max_chars: int = 60_000) -> np.ndarr
         pytest.skip(f"{CHINESE} not found: set ENGRAM_CORPORA to the shared corpora directory")
     lines = read_lines(path, max_chars)
     return np.array([i for row in tokenizer.encode_batch(lines) for i in row], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def served_store(tmp_path_factory):
+    """A running server over a store holding tiny_config()'s 4 layers, one per row dtype."""
+    from .served import Server, fill_store
+    db = tmp_path_factory.mktemp("store") / "db"
+    manifests = fill_store(db)
+    server = Server(db)
+    server.wait_serving()
+    yield server, db, manifests
+    server.stop()
