@@ -49,8 +49,15 @@ def _drop(args) -> int:
     return 0
 
 
+def _bench_service(args) -> int:
+    from bench.service import ServiceBenchConfig, run
+    from model_client.flags import dataclass_from_args
+    return run(dataclass_from_args(ServiceBenchConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench.hashing import HashingBenchConfig
+    from bench.service import ServiceBenchConfig
     from model_client.demo import DemoConfig
     from model_client.flags import add_dataclass_flags
 
@@ -108,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "and from the disk cache.")
     add_dataclass_flags(hashing, HashingBenchConfig)
     hashing.set_defaults(func=_bench_hashing)
+    service = benches.add_parser(
+        "service", help="memory service rows/s and latency against the in-RAM and store floors",
+        description="Rows/s and p50/p99 latency of lookups through a real `engram-memory serve` for "
+                    "160 B and 256 B rows, batches of 1 to 65,536 rows, 1 and 4 client processes, "
+                    "with the in-RAM np.take floor, the store's own gather and a per-key LMDB loop "
+                    "measured in the same run.")
+    add_dataclass_flags(service, ServiceBenchConfig)
+    service.set_defaults(func=_bench_service)
     return parser
 
 

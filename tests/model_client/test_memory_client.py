@@ -87,3 +87,15 @@ def test_bad_arguments():
         MemoryClient("127.0.0.1:1", channels=0)
     with pytest.raises(ValueError, match="max_rows_per_request"):
         MemoryClient("127.0.0.1:1", max_rows_per_request=0)
+
+
+def test_lookup_into_the_callers_buffer(served_store):
+    server, _, manifests = served_store
+    expect = expected_rows(3)
+    with MemoryClient(server.target, channels=3, request_bytes=1000 * 80) as client:  # 1,000-row requests
+        for ids in (np.arange(0, 7000, 2), np.random.default_rng(0).integers(0, 11_000, 7000)):
+            out = np.full((len(ids), 80), 7, dtype=np.uint8)
+            assert client.lookup("layer3", ids, out=out) is out
+            np.testing.assert_array_equal(out, expect[ids])
+        with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \[3, 80\]"):
+            client.lookup("layer3", [1, 2, 3], out=np.zeros((3, 81), np.uint8))

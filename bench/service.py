@@ -1,0 +1,145 @@
+"""`engram-memory bench service`: the memory service against its floors, in one run.
+
+For rows of 160 B and 256 B and batches of 1, 64, 4,096 and 65,536 rows: rows/s and p50/p99
+latency of MemoryClient.lookup against a real `engram-memory serve` on loopback, with 1 and with 4
+client processes, next to the in-RAM `np.take` floor and the store's own gather measured in the same
+run; every figure also as a ratio to the in-RAM floor of the same row size and batch.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import store as floors_mod
+from . import tables
+from .report import machine, write_rows
+
+
+@dataclass
+class ServiceBenchConfig:
+    duration_s: float = field(default=2.0, metadata={"help": "seconds per measurement"})
+    workers: int = field(default=0, metadata={"help": "server processes (0: one per CPU core)"})
+    clients: list[int] = field(default_factory=lambda: [1, 4], metadata={
+        "type": int, "help": "numbers of client processes to measure"})
+    db: str = field(default="", metadata={
+        "help": "store to build the benchmark tables in (reused if present; default: a temporary one)"})
+    out: str = field(default="bench/results/service.json", metadata={"help": "JSON output path"})
+
+    def __post_init__(self):
+        if self.duration_s <= 0:
+            raise ValueError(f"ServiceBenchConfig.duration_s must be > 0 (got {self.duration_s})")
+        if not self.clients or min(self.clients) < 1:
+            raise ValueError(f"ServiceBenchConfig.clients must list numbers >= 1 (got {self.clients})")
+
+
+def _client(target, table, size, num_rows, duration_s, seed, start_at, results):
+    """One client process: lookups of one batch size until the deadline; reports its latencies."""
+    from model_client import MemoryClient
+    ids = floors_mod.batches(num_rows, size, 32, seed)
+    with MemoryClient(target, channels=4) as client:
+        for x in ids[:4]:
+            client.lookup(table, x)
+        while time.time() < start_at:
+            time.sleep(0.001)
+        latencies, rows, i = [], 0, 0
+        t_start = time.perf_counter()
+        while time.perf_counter() - t_start < duration_s:
+            t0 = time.perf_counter()
+            client.lookup(table, ids[i % len(ids)])
+            latencies.append(time.perf_counter() - t0)
+            rows += len(ids[i % len(ids)])
+            i += 1
+        results.put((rows, time.perf_counter() - t_start, latencies))
+
+
+def measure_service(target, table, size, num_rows, clients, duration_s) -> dict:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    start_at = time.time() + 3.0 + 0.5 * clients  # every client connected and warm before the clock starts
+    procs = [ctx.Process(target=_client, args=(target, table, size, num_rows, duration_s, 100 + c, start_at, results))
+             for c in range(clients)]
+    for p in procs:
+        p.start()
+    answers = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    latencies = sorted(x for _, _, lat in answers for x in lat)
+    rows = sum(r for r, _, _ in answers)
+    wall = max(w for _, w, _ in answers)
+    return {"rows_per_s": rows / wall, "p50_ms": 1e3 * latencies[len(latencies) // 2],
+            "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "calls": len(latencies)}
+
+
+def _start_server(db: str, workers: int) -> tuple[subprocess.Popen, str, Path]:
+    log = Path(tempfile.mkstemp(suffix=".log")[1])
+    exe = shutil.which("engram-memory") or os.path.join(os.path.dirname(sys.executable), "engram-memory")
+    proc = subprocess.Popen([exe, "serve", "--db", db, "--port", "0", "--workers", str(workers),
+                             "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if '"msg": "serving"' in line:
+                port = int(line.split('"port": ')[1].split(",")[0])
+                return proc, f"127.0.0.1:{port}", log
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the server did not start: {log.read_text()}")
+
+
+def run(cfg: ServiceBenchConfig) -> int:
+    workdir = tempfile.mkdtemp(prefix="engram-bench-")
+    db = cfg.db or os.path.join(workdir, "db")
+    info = machine()
+    rows = []
+    try:
+        manifests = tables.build(db)
+        for row_bytes, manifest in manifests.items():
+            print(f"floors, {row_bytes} B rows ...", flush=True)
+            rows += [{**r, **info} for r in floors_mod.floors(db, manifest.table, cfg.duration_s)]
+        rows.append({**floors_mod.per_key_baseline(os.path.join(workdir, "perkey"), 256, duration_s=cfg.duration_s),
+                     **info})
+        proc, target, log = _start_server(db, cfg.workers)
+        try:
+            for row_bytes, manifest in manifests.items():
+                for size in floors_mod.BATCHES:
+                    floor = next(r for r in rows if r["path"] == "in-ram np.take" and r["row_bytes"] == row_bytes
+                                 and r["batch_rows"] == size)
+                    for clients in cfg.clients:
+                        result = measure_service(target, manifest.table, size, manifest.num_rows, clients,
+                                                 cfg.duration_s)
+                        row = {"bench": "service", "path": f"grpc, {clients} client process(es)",
+                               "row_bytes": row_bytes, "batch_rows": size, "clients": clients,
+                               "server_workers": cfg.workers or min(8, os.cpu_count() or 1), **result,
+                               "ratio_to_floor": result["rows_per_s"] / floor["rows_per_s"], **info}
+                        rows.append(row)
+                        print(f"  {row_bytes} B x {size:>6} rows, {clients} client(s): {row['rows_per_s']:>12,.0f} rows/s"
+                              f"  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+                              f"{row['ratio_to_floor']:.1%} of np.take", flush=True)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            log.unlink()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    out = write_rows(rows, cfg.out)
+    print_table(rows)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'path':<30}{'row B':>6}{'batch':>8}{'rows/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'vs np.take':>11}")
+    for r in rows:
+        ratio = f"{r['ratio_to_floor']:.1%}" if "ratio_to_floor" in r else "-"
+        print(f"{r['path']:<30}{r['row_bytes']:>6}{r['batch_rows']:>8}{r['rows_per_s']:>14,.0f}"
+              f"{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{ratio:>11}")

@@ -1,0 +1,93 @@
+"""Floors of the read path, in one process: what any service can at best approach.
+
+- in-RAM: `np.take` from a numpy array holding the whole table (the floor every ratio is against);
+- store: the memory service's own gather from LMDB's memory map (StoreReader), no RPC;
+- per-key: one LMDB key per row and a Python loop of `get`s, the design DESIGN.md warns against.
+
+Batches are sorted unique random row ids, the form MemoryClient sends after deduplicating.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import lmdb
+import numpy as np
+
+from memory_service.reader import StoreReader
+from memory_service.store import TableStore
+
+BATCHES = (1, 64, 4096, 65536)
+
+
+def batches(num_rows: int, size: int, count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.unique(rng.integers(0, num_rows, size)) for _ in range(count)]
+
+
+def measure(fn, ids: list[np.ndarray], duration_s: float) -> dict:
+    """Call fn on the batches round robin for duration_s; rows/s and per-call latency."""
+    fn(ids[0])
+    latencies, rows, i = [], 0, 0
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn(ids[i % len(ids)])
+        latencies.append(time.perf_counter() - t0)
+        rows += len(ids[i % len(ids)])
+        i += 1
+        if time.perf_counter() - start >= duration_s and i >= 3:
+            break
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {"rows_per_s": rows / wall, "p50_ms": 1e3 * statistics.median(latencies),
+            "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "calls": i}
+
+
+def in_ram_table(db: str, table: str) -> np.ndarray:
+    store = TableStore(db, readonly=True)
+    reader = StoreReader(store)
+    try:
+        m = store.manifest(table)
+        return reader.lookup(table, 0, np.arange(m.num_rows))[1]  # a plain in-RAM copy
+    finally:
+        reader.close()
+        store.close()
+
+
+def floors(db: str, table: str, duration_s: float, seed: int = 0) -> list[dict]:
+    """np.take from RAM and the store's own gather, for every batch size."""
+    ram = in_ram_table(db, table)
+    store = TableStore(db, readonly=True)
+    reader = StoreReader(store)
+    rows = []
+    try:
+        for size in BATCHES:
+            ids = batches(len(ram), size, 64, seed + size)
+            out = np.empty((size, ram.shape[1]), dtype=np.uint8)
+            ram_result = measure(lambda x: np.take(ram, x, axis=0, out=out[:len(x)]), ids, duration_s)
+            store_result = measure(lambda x: reader.lookup(table, 0, x), ids, duration_s)
+            for path, result in (("in-ram np.take", ram_result), ("store gather", store_result)):
+                rows.append({"bench": "floor", "path": path, "row_bytes": int(ram.shape[1]), "batch_rows": size,
+                             **result, "ratio_to_floor": result["rows_per_s"] / ram_result["rows_per_s"]})
+    finally:
+        reader.close()
+        store.close()
+    return rows
+
+
+def per_key_baseline(path: str, row_bytes: int, num_rows: int = 1 << 20, size: int = 4096,
+                     duration_s: float = 2.0) -> dict:
+    """One LMDB key per row, read with a Python loop of txn.get."""
+    env = lmdb.open(path, map_size=1 << 36)
+    value = bytes(row_bytes)
+    with env.begin(write=True) as txn:
+        for key in range(num_rows):
+            txn.put(key.to_bytes(8, "big"), value)
+    with env.begin(buffers=True) as txn:
+        def lookup(ids):
+            return [bytes(txn.get(int(k).to_bytes(8, "big"))) for k in ids]
+        result = measure(lookup, batches(num_rows, size, 16, 1), duration_s)
+    env.close()
+    return {"bench": "floor", "path": "per-key lmdb get loop", "row_bytes": row_bytes, "batch_rows": size,
+            "table_rows": num_rows, **result}
