@@ -104,12 +104,13 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                                          f"{n * m.row_bytes} B; responses are limited to "
                                          f"{self.max_message_bytes} B = {self.max_message_bytes // m.row_bytes} "
                                          "rows of this table: split the batch")
-                    rows = view.gather(ids)
+                    data = wire.lookup_response(m.table, m.version, m.row_bytes, n,
+                                                lambda out: view.gather_into(ids, out), request.request_id)
                 metrics.ROWS.labels(rpc, call.table).inc(n)
-                metrics.BYTES.labels(rpc, call.table).inc(rows.nbytes)
+                metrics.BYTES.labels(rpc, call.table).inc(n * m.row_bytes)
                 self.counts["rows"] += n
-                self.counts["bytes"] += rows.nbytes
-                return wire.lookup_response(m.table, m.version, m.row_bytes, rows, request.request_id)
+                self.counts["bytes"] += n * m.row_bytes
+                return data
         except BaseException:
             self.counts["errors"] += 1
             raise

@@ -8,7 +8,12 @@ from protos import pb2
 @pytest.mark.parametrize("n,row_bytes,request_id", [(0, 8, 0), (1, 256, 0), (1000, 42, 7), (3, 160, 2**63)])
 def test_hand_encoded_response_parses_as_protobuf(n, row_bytes, request_id):
     rows = np.random.default_rng(n).integers(0, 256, (n, row_bytes), dtype=np.uint8)
-    data = wire.lookup_response("layer15", 2**40 + 3, row_bytes, rows, request_id)
+
+    def fill(out):
+        assert out.shape == (n, row_bytes) and out.flags.writeable
+        out[...] = rows
+    data = wire.lookup_response("layer15", 2**40 + 3, row_bytes, n, fill, request_id)
+    assert type(data) is bytes
     msg = pb2.LookupResponse.FromString(data)
     assert (msg.table, msg.version, msg.row_bytes, msg.num_rows, msg.request_id) == (
         "layer15", 2**40 + 3, row_bytes, n, request_id)
