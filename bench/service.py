@@ -102,15 +102,16 @@ def run(cfg: ServiceBenchConfig) -> int:
     info = machine()
     rows = []
     try:
-        manifests = tables.build(db)
-        for row_bytes, manifest in manifests.items():
+        stores = tables.build(db)
+        for row_bytes, (path, manifest) in stores.items():
             print(f"floors, {row_bytes} B rows ...", flush=True)
-            rows += [{**r, **info} for r in floors_mod.floors(db, manifest.table, cfg.duration_s)]
+            rows += [{**r, "table_rows": manifest.num_rows, **info}
+                     for r in floors_mod.floors(path, manifest.table, cfg.duration_s)]
         rows.append({**floors_mod.per_key_baseline(os.path.join(workdir, "perkey"), 256, duration_s=cfg.duration_s),
                      **info})
-        proc, target, log = _start_server(db, cfg.workers)
-        try:
-            for row_bytes, manifest in manifests.items():
+        for row_bytes, (path, manifest) in stores.items():
+            proc, target, log = _start_server(path, cfg.workers)
+            try:
                 for size in floors_mod.BATCHES:
                     floor = next(r for r in rows if r["path"] == "in-ram np.take" and r["row_bytes"] == row_bytes
                                  and r["batch_rows"] == size)
@@ -119,16 +120,17 @@ def run(cfg: ServiceBenchConfig) -> int:
                                                  cfg.duration_s)
                         row = {"bench": "service", "path": f"grpc, {clients} client process(es)",
                                "row_bytes": row_bytes, "batch_rows": size, "clients": clients,
+                               "table_rows": manifest.num_rows,
                                "server_workers": cfg.workers or min(8, os.cpu_count() or 1), **result,
                                "ratio_to_floor": result["rows_per_s"] / floor["rows_per_s"], **info}
                         rows.append(row)
-                        print(f"  {row_bytes} B x {size:>6} rows, {clients} client(s): {row['rows_per_s']:>12,.0f} rows/s"
-                              f"  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+                        print(f"  {row_bytes} B x {size:>6} rows, {clients} client(s): {row['rows_per_s']:>12,.0f} "
+                              f"rows/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
                               f"{row['ratio_to_floor']:.1%} of np.take", flush=True)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-            log.unlink()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+                log.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     out = write_rows(rows, cfg.out)

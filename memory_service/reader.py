@@ -40,20 +40,20 @@ class TableView:
         self.chunk_offsets = addresses - base
         self.shift = manifest.chunk_rows.bit_length() - 1  # chunk_rows is a power of two
         rb = manifest.row_bytes
-        # Rows are copied as k units of g bytes, g the largest size that divides the row and every
-        # chunk's offset (chunks start 16 B into 4 KiB pages): a contiguous array of units lets
-        # np.take write straight into the caller's buffer. 256 B rows: g = 256, k = 1; 160 B: 32 x 5.
+        # Two views of the span. `rows`: element i is the row_bytes bytes starting at byte i (dtype void,
+        # stride 1), for a fancy index that returns a new array. `units`: the span as contiguous units
+        # of g bytes, g the largest size dividing the row and every chunk's offset (chunks start 16 B
+        # into 4 KiB pages), so np.take writes k = row_bytes / g units per row straight into a
+        # caller's buffer. 256 B rows: g = 256, k = 1; 160 B rows: g = 32, k = 5.
+        self.rows = np.ndarray(shape=(span - rb + 1,), dtype=np.dtype((np.void, rb)), buffer=memory, strides=(1,))
+        self.rows.flags.writeable = False
         self.unit = math.gcd(rb, *map(int, self.chunk_offsets))
         self.per_row = rb // self.unit
-        if self.per_row <= 8:
+        self.units = None
+        if self.per_row <= 8:  # beyond that the units are too small to beat fancy index + copy
             self.units = np.ndarray(shape=(span // self.unit,), dtype=np.dtype((np.void, self.unit)),
                                     buffer=memory)
             self.unit_steps = np.arange(self.per_row)
-        else:  # tiny units: a fancy index over rows starting at any byte (dtype void, stride 1)
-            self.units = None
-            self.rows = np.ndarray(shape=(span - rb + 1,), dtype=np.dtype((np.void, rb)), buffer=memory,
-                                   strides=(1,))
-            self.rows.flags.writeable = False
 
     def check(self, row_ids: np.ndarray) -> None:
         m = self.manifest
@@ -65,11 +65,14 @@ class TableView:
                                  f"{position} is outside table {m.table} v{m.version}'s rows "
                                  f"[0, {m.num_rows})")
 
+    def _offsets(self, row_ids: np.ndarray) -> np.ndarray:
+        chunk = row_ids >> self.shift
+        return self.chunk_offsets[chunk] + (row_ids - (chunk << self.shift)) * self.manifest.row_bytes
+
     def gather_into(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Rows of int64 ids [N] into the caller's uint8 [N, row_bytes]; out-of-range ids raise."""
         self.check(row_ids)
-        chunk = row_ids >> self.shift
-        offsets = self.chunk_offsets[chunk] + (row_ids - (chunk << self.shift)) * self.manifest.row_bytes
+        offsets = self._offsets(row_ids)
         if self.units is None:
             out[...] = self.rows[offsets].view(np.uint8).reshape(out.shape)
             return out
@@ -81,7 +84,10 @@ class TableView:
 
     def gather(self, row_ids: np.ndarray) -> np.ndarray:
         """int64 [N] -> a new uint8 [N, row_bytes], in order."""
-        return self.gather_into(row_ids, np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8))
+        if self.per_row == 1:
+            return self.gather_into(row_ids, np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8))
+        self.check(row_ids)  # whole rows in one fancy index beat k units per row when no copy follows
+        return self.rows[self._offsets(row_ids)].view(np.uint8).reshape(len(row_ids), self.manifest.row_bytes)
 
 
 class Snapshot:

@@ -34,7 +34,8 @@ class ServiceConfig:
     port: int = field(default=50051, metadata={"help": "gRPC port (0: pick a free one and log it)"})
     workers: int = field(default=0, metadata={
         "help": "server processes sharing the port (0: one per CPU core, at most 8)"})
-    threads: int = field(default=8, metadata={"help": "request threads per server process"})
+    threads: int = field(default=64, metadata={
+        "help": "request threads per server process; each open lookup stream holds one"})
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0: off)"})
     max_request_rows: int = field(default=1 << 20, metadata={
         "help": "row ids per Lookup request; more is RESOURCE_EXHAUSTED (clients chunk below it)"})
@@ -103,7 +104,9 @@ def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
     store = TableStore(cfg.db)
     reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000)
     limit = cfg.max_message_mb << 20
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), options=[
+    # beyond `threads` calls at once a call is refused with RESOURCE_EXHAUSTED instead of queueing
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), maximum_concurrent_rpcs=cfg.threads,
+                         options=[
         ("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit)])
     memory = MemoryServicer(store, reader, cfg.max_request_rows, limit)

@@ -9,8 +9,9 @@ table's manifest first, so a bad id is named with its position in the caller's a
 from __future__ import annotations
 
 import random
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
@@ -20,6 +21,7 @@ from memory_service.manifest import TableManifest, table_name
 from protos import pb2, pb2_grpc
 
 from .config import EngramConfig
+from .lookup_stream import LookupStream
 from .malloc import keep_large_buffers
 from .row_format import RowFormat
 
@@ -52,7 +54,7 @@ class MemoryClient:
     # 4.2e6 / 6.4e6 rows/s as one request, 4.8e6 / 7.8e6 at 8 MiB, 5.5e6 / 7.6e6 at 4 MiB.
     def __init__(self, target: str | list[str], channels: int = 4, timeout_s: float = 30.0,
                  max_rows_per_request: int = 1 << 20, request_bytes: int = 4 << 20, retries: int = 5,
-                 backoff_s: float = 0.05, max_message_mb: int = 256):
+                 backoff_s: float = 0.05, max_message_mb: int = 256, stream_idle_s: float = 5.0):
         if channels < 1:
             raise ValueError(f"channels must be >= 1 (got {channels})")
         if max_rows_per_request < 1:
@@ -71,8 +73,11 @@ class MemoryClient:
                                               request_serializer=pb2.LookupRequest.SerializeToString,
                                               response_deserializer=wire.parse_lookup_response)
         keep_large_buffers()
+        self._streams = [LookupStream(ch) for ch in self._channels]
         self._next = 0
-        self._pool = ThreadPoolExecutor(max_workers=len(self._channels), thread_name_prefix="memory-client")
+        self._closed = threading.Event()
+        threading.Thread(target=self._close_idle_streams, args=(stream_idle_s,), daemon=True,
+                         name="memory-client-janitor").start()
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.max_rows_per_request, self.request_bytes = max_rows_per_request, request_bytes
         self._manifests: dict[tuple[str, int], TableManifest] = {}
@@ -164,15 +169,28 @@ class MemoryClient:
         return parts
 
     def _send_all(self, table: str, pieces, versions) -> list:
-        """Send every piece at once, each on its own channel, and wait for all answers."""
+        """Send every piece at once, each on its own channel's stream, and wait for all answers; a
+        piece whose stream failed with UNAVAILABLE is retried as a unary call with backoff."""
         requests = [pb2.LookupRequest(table=table, version=v, row_ids=p.astype("<i8", copy=False).tobytes())
                     for p, v in zip(pieces, versions)]
         first = self._next
         self._next += len(requests)
-        if len(requests) == 1:
-            return [self._call("Lookup", requests[0], first)]
-        calls = [self._pool.submit(self._call, "Lookup", r, first + i) for i, r in enumerate(requests)]
-        return [c.result() for c in calls]
+        started = time.monotonic()
+        futures = [self._streams[(first + i) % len(self._streams)].submit(r) for i, r in enumerate(requests)]
+        answers = []
+        for i, (future, request) in enumerate(zip(futures, requests)):
+            stream = self._streams[(first + i) % len(self._streams)]
+            try:
+                answers.append(future.result(timeout=max(0.001, self.timeout_s - (time.monotonic() - started))))
+            except FutureTimeout:
+                stream.cancel()
+                raise MemoryServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"Lookup (table {table}): no answer "
+                                         f"within {self.timeout_s} s") from None
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE:
+                    raise MemoryServiceError(e.code(), f"Lookup (table {table}): {e.details()}") from None
+                answers.append(self._call("Lookup", request, first + i + 1))
+        return answers
 
     # ---- transport ----------------------------------------------------------------------------------
     def _call(self, method: str, request, channel: int | None = None):
@@ -197,8 +215,15 @@ class MemoryClient:
                 where = f" (table {table})" if table else ""
                 raise MemoryServiceError(code, f"{method}{where}: {e.details()}") from None
 
+    def _close_idle_streams(self, idle_s: float) -> None:
+        while not self._closed.wait(min(1.0, idle_s)):
+            for stream in self._streams:
+                stream.close_if_idle(idle_s)
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._closed.set()
+        for stream in self._streams:
+            stream.close()
         for channel in self._channels:
             channel.close()
 

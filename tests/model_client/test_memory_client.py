@@ -99,3 +99,13 @@ def test_lookup_into_the_callers_buffer(served_store):
             np.testing.assert_array_equal(out, expect[ids])
         with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \[3, 80\]"):
             client.lookup("layer3", [1, 2, 3], out=np.zeros((3, 81), np.uint8))
+
+
+def test_idle_streams_give_their_server_thread_back(served_store):
+    server, _, _ = served_store
+    with MemoryClient(server.target, channels=2, stream_idle_s=0.2) as client:
+        client.lookup("layer1", np.arange(0, 5000, 2))       # several requests: both streams open
+        assert all(s._call is not None for s in client._streams)
+        time.sleep(1.5)
+        assert all(s._call is None for s in client._streams)  # closed by the janitor
+        np.testing.assert_array_equal(client.lookup("layer1", [3, 4]), expected_rows(1)[[3, 4]])
