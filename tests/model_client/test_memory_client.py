@@ -103,7 +103,7 @@ def test_lookup_into_the_callers_buffer(served_store):
 
 def test_idle_streams_give_their_server_thread_back(served_store):
     server, _, _ = served_store
-    with MemoryClient(server.target, channels=2, stream_idle_s=0.2) as client:
+    with MemoryClient(server.target, channels=2, stream_idle_s=0.2, request_bytes=100 * 160) as client:
         client.lookup("layer1", np.arange(0, 5000, 2))       # several requests: both streams open
         assert all(s._call is not None for s in client._streams)
         time.sleep(1.5)
