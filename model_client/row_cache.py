@@ -1,0 +1,176 @@
+"""RowCache: a set-associative cache of encoded table rows on one device (GPU HBM or host memory).
+
+Row id r lives in set h(r) = (r * 0x9E3779B97F4A7C15 >> 32) mod num_sets, in one of `ways` slots.
+Every operation is a handful of vectorized torch ops over the whole batch (no per-row Python):
+probing gathers each id's set of tags and compares; inserting sorts the misses by set, ranks them
+within their set, and gives the k-th miss of a set the k-th best victim of that set. Policies order
+victims: empty slots first, then
+  lru: least recently used;
+  lfu: fewest uses, ties broken by least recent; counts halve every `decay_every` batches so that
+       rows popular long ago age out (a frequency sketch with decay, per slot).
+Batch semantics (which the brute-force reference in the tests and the hit-rate simulator share): a
+batch is a set of distinct ids; hits are ids present when the batch starts; hits are touched, then
+misses are inserted, all with the batch's tick.
+
+Pinning: rows a step will read stay pinned until the step releases them. Pinned slots are never
+victims; a miss whose set has no unpinned slot left is not inserted ("bypassed") and the caller
+serves it from the rows it fetched: a prefetch larger than the free capacity never evicts or
+overwrites a row still needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+POLICIES = ("lru", "lfu")
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
+_NEVER = torch.iinfo(torch.int64).max
+
+
+@dataclass
+class CacheStats:
+    lookups: int = 0
+    hits: int = 0
+    misses: int = 0
+    inserts: int = 0
+    evictions: int = 0
+    bypassed: int = 0      # misses not cached because their set was full of pinned rows
+    bytes_in: int = 0      # row bytes inserted from the tier below
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    def add(self, other: "CacheStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class RowCache:
+    def __init__(self, capacity_bytes: int, row_bytes: int, device="cpu", policy: str = "lru",
+                 ways: int = 16, decay_every: int = 1024, pin_memory: bool = False):
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+        if row_bytes < 1 or ways < 1 or decay_every < 1:
+            raise ValueError("row_bytes, ways and decay_every must be >= 1")
+        slots = capacity_bytes // row_bytes
+        if slots < ways:
+            raise ValueError(f"capacity {capacity_bytes} B holds {slots} rows of {row_bytes} B, fewer than "
+                             f"one set of {ways} ways")
+        self.num_sets = 1 << ((slots // ways).bit_length() - 1)  # a power of two, so h(r) is a mask
+        self.ways, self.row_bytes, self.policy, self.decay_every = ways, row_bytes, policy, decay_every
+        self.device = torch.device(device)
+        n = self.num_sets * ways
+        self.data = torch.empty(n, row_bytes, dtype=torch.uint8, device=self.device,
+                                pin_memory=pin_memory and self.device.type == "cpu" and torch.cuda.is_available())
+        self.tags = torch.full((n,), -1, dtype=torch.int64, device=self.device)
+        self.stamp = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self.uses = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self.pins = torch.zeros(n, dtype=torch.int32, device=self.device)
+        self.tick = 0
+        self.stats = CacheStats()
+
+    @property
+    def capacity_rows(self) -> int:
+        return self.num_sets * self.ways
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.capacity_rows * self.row_bytes
+
+    def set_of(self, ids: torch.Tensor) -> torch.Tensor:
+        return ((ids * _GOLDEN) >> 32) & (self.num_sets - 1)
+
+    # ---- batch operations -----------------------------------------------------------------------------
+    def lookup(self, ids: torch.Tensor, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct int64 ids [N] -> (hit bool [N], slot int64 [N], valid where hit). Starts a batch:
+        advances the tick and touches the hits (pinning them if asked)."""
+        self.tick += 1
+        if self.policy == "lfu" and self.tick % self.decay_every == 0:
+            self.uses >>= 1
+        ids = ids.to(self.device)
+        sets = self.set_of(ids)
+        ways = torch.arange(self.ways, device=self.device)
+        candidates = sets[:, None] * self.ways + ways                      # [N, W] slots
+        match = self.tags[candidates] == ids[:, None]
+        hit = match.any(dim=1)
+        slot = (candidates * match).sum(dim=1)                             # the matching slot, or 0
+        hit_slots = slot[hit]
+        self.stamp[hit_slots] = self.tick
+        self.uses[hit_slots] += 1
+        if pin:
+            self.pins[hit_slots] += 1
+        n_hit = int(hit.sum())
+        self.stats.lookups += len(ids)
+        self.stats.hits += n_hit
+        self.stats.misses += len(ids) - n_hit
+        return hit, slot
+
+    def insert(self, ids: torch.Tensor, rows: torch.Tensor, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Insert distinct missing ids [N] with their rows [N, row_bytes] (after `lookup` of the same
+        batch). Returns (inserted bool [N], slot int64 [N]); ids not inserted were bypassed."""
+        ids, rows = ids.to(self.device), rows.to(self.device, non_blocking=True)
+        n = len(ids)
+        inserted = torch.zeros(n, dtype=torch.bool, device=self.device)
+        slot = torch.zeros(n, dtype=torch.int64, device=self.device)
+        if n == 0:
+            return inserted, slot
+        sets = self.set_of(ids)
+        order = torch.argsort(sets, stable=True)                            # misses grouped by set
+        sorted_sets = sets[order]
+        touched, first, counts = _groups(sorted_sets)
+        rank = torch.arange(n, device=self.device) - torch.repeat_interleave(first, counts)
+        victims = self._victim_order(touched)                              # [S, W] slots, best first
+        usable = (self.pins[victims] == 0).sum(dim=1)                      # unpinned ways per set
+        group = torch.repeat_interleave(torch.arange(len(touched), device=self.device), counts)
+        ok = rank < usable[group]
+        chosen = victims[group[ok], rank[ok]]
+        targets = order[ok]
+        self.stats.evictions += int((self.tags[chosen] >= 0).sum())
+        self.tags[chosen] = ids[targets]
+        self.data[chosen] = rows[targets]
+        self.stamp[chosen] = self.tick
+        self.uses[chosen] = 1
+        if pin:
+            self.pins[chosen] += 1
+        inserted[targets] = True
+        slot[targets] = chosen
+        k = int(ok.sum())
+        self.stats.inserts += k
+        self.stats.bypassed += n - k
+        self.stats.bytes_in += k * self.row_bytes
+        return inserted, slot
+
+    def _victim_order(self, sets: torch.Tensor) -> torch.Tensor:
+        """Slots of each set [S, W] ordered by eviction preference; pinned slots last."""
+        slots = sets[:, None] * self.ways + torch.arange(self.ways, device=self.device)
+        empty = self.tags[slots] < 0
+        if self.policy == "lru":
+            score = self.stamp[slots]
+        else:  # lfu: uses first, then recency (stamps stay far below 2**40)
+            score = (self.uses[slots] << 40) | self.stamp[slots]
+        score = torch.where(empty, torch.full_like(score, -1), score)
+        score = torch.where(self.pins[slots] > 0, torch.full_like(score, _NEVER), score)
+        return torch.gather(slots, 1, torch.argsort(score, dim=1, stable=True))
+
+    def gather(self, slots: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.index_select(self.data, 0, slots, out=out) if out is not None else self.data[slots]
+
+    def release(self, slots: torch.Tensor) -> None:
+        """Unpin slots pinned by lookup(pin=True) or insert(pin=True), once per pin."""
+        self.pins.index_add_(0, slots.to(self.device), torch.full_like(slots, -1, dtype=torch.int32,
+                                                                        device=self.device))
+
+    def contains(self, ids: torch.Tensor) -> torch.Tensor:
+        """Presence without touching anything (for tests and tools)."""
+        ids = ids.to(self.device)
+        candidates = self.set_of(ids)[:, None] * self.ways + torch.arange(self.ways, device=self.device)
+        return (self.tags[candidates] == ids[:, None]).any(dim=1)
+
+
+def _groups(sorted_keys: torch.Tensor):
+    """(distinct keys, index of each key's first element, count) of a sorted 1-D tensor."""
+    keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts
+    return keys, first, counts

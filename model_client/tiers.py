@@ -1,0 +1,130 @@
+"""Storage tiers behind one small batched interface, and the function that composes them.
+
+    get_many(table, ids, out) -> found   distinct int64 ids [N]; rows of found ids written to the
+                                         caller's uint8 out [N, row_bytes]; found: bool [N]
+    put_many(table, ids, rows)           offer rows to a cache tier (stores are read-only)
+    close()
+
+Tiers, fastest first: CacheTier on the GPU (HBM), CacheTier in pinned host memory, then one
+backing store: StoreTier reads the service's LMDB environment directly (a worker on the service's
+host, no RPC) or ServiceTier asks the memory service over gRPC. A backing store finds every valid
+id or raises; it never returns a zero row for a row that should exist.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from memory_service.reader import StoreReader
+from memory_service.store import TableStore
+
+from .row_cache import CacheStats, RowCache
+
+
+class CacheTier:
+    """One RowCache per table, the tier's capacity split evenly across its tables."""
+
+    def __init__(self, name: str, capacity_bytes: int, row_bytes: dict[str, int], device="cpu",
+                 policy: str = "lru", pin_memory: bool = False, ways: int = 16):
+        self.name = name
+        share = capacity_bytes // max(1, len(row_bytes))
+        self.caches = {table: RowCache(share, rb, device, policy, ways=ways, pin_memory=pin_memory)
+                       for table, rb in row_bytes.items()}
+
+    def get_many(self, table: str, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        cache = self.caches[table]
+        hit, slot = cache.lookup(ids)
+        out[hit.to(out.device)] = cache.gather(slot[hit]).to(out.device)
+        return hit
+
+    def put_many(self, table: str, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        cache = self.caches[table]
+        new = ~cache.contains(ids)
+        cache.insert(ids.to(cache.device)[new], rows.to(cache.device)[new])
+
+    def stats(self, table: str | None = None) -> CacheStats:
+        total = CacheStats()
+        for name, cache in self.caches.items():
+            if table in (None, name):
+                total.add(cache.stats)
+        return total
+
+    def close(self) -> None:
+        self.caches.clear()
+
+
+class StoreTier:
+    """The co-located read path: the service's LMDB environment opened read-only in this process."""
+
+    name = "lmdb"
+
+    def __init__(self, db: str):
+        self.store = TableStore(db, readonly=True)
+        self.reader = StoreReader(self.store)
+
+    def row_bytes(self, table: str) -> int:
+        return self.store.manifest(table).row_bytes
+
+    def manifest(self, table: str):
+        return self.store.manifest(table)
+
+    def get_many(self, table: str, ids, out) -> torch.Tensor:
+        ids_np, out_np = _numpy(ids), _numpy(out)
+        with self.reader.snapshot() as snap:
+            snap.view(table, 0).gather_into(ids_np, out_np)
+        return torch.ones(len(ids_np), dtype=torch.bool)
+
+    def put_many(self, table: str, ids, rows) -> None:
+        raise TypeError("the LMDB tier is read-only: tables change through `engram-memory load`")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.store.close()
+
+
+class ServiceTier:
+    """The memory service over gRPC."""
+
+    name = "service"
+
+    def __init__(self, client):
+        self.client = client
+
+    def row_bytes(self, table: str) -> int:
+        return self.client.describe(table).row_bytes
+
+    def manifest(self, table: str):
+        return self.client.describe(table)
+
+    def get_many(self, table: str, ids, out) -> torch.Tensor:
+        self.client.lookup(table, _numpy(ids), out=_numpy(out))
+        return torch.ones(len(ids), dtype=torch.bool)
+
+    def put_many(self, table: str, ids, rows) -> None:
+        raise TypeError("the service tier is read-only from a worker: use AdminService or `engram-memory load`")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _numpy(x) -> np.ndarray:
+    return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def fetch(table: str, ids: torch.Tensor, out: torch.Tensor, tiers: list) -> None:
+    """Rows of distinct ids into out, from the first tier holding each; rows found below a cache
+    tier are offered to it on the way up. The last tier must be a backing store."""
+    missing = torch.ones(len(ids), dtype=torch.bool)
+    for depth, tier in enumerate(tiers):
+        todo = missing.nonzero().squeeze(1)
+        if len(todo) == 0:
+            break
+        buffer = torch.empty(len(todo), out.shape[1], dtype=torch.uint8)
+        found = tier.get_many(table, ids[todo], buffer).cpu()
+        out[todo[found]] = buffer[found].to(out.device)
+        for upper in tiers[:depth]:
+            upper.put_many(table, ids[todo[found]], buffer[found])
+        missing[todo[found]] = False
+    if missing.any():
+        raise LookupError(f"table {table}: {int(missing.sum())} rows found in no tier (the last tier must "
+                          "be a backing store)")
