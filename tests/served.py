@@ -22,6 +22,7 @@ from memory_service.store import TableStore
 from model_client import EngramConfig, TableGeometry
 from model_client.row_format import RowFormat
 from model_client.table_init import seeded_rows
+from model_client.tokenizer import get_compressed_tokenizer
 
 EXE = shutil.which("engram-memory") or os.path.join(os.path.dirname(sys.executable), "engram-memory")
 DTYPE_LAYERS = {1: "float32", 2: "bfloat16", 3: "float16", 4: "fp8-e4m3"}
@@ -36,15 +37,17 @@ def tiny_config(**changes) -> EngramConfig:
     return EngramConfig(**base)
 
 
-def fill_store(path, seed: int = 0, chunk_rows: int = 1024, publish: bool = True) -> dict:
-    """Layer L of tiny_config() stored as DTYPE_LAYERS[L]; {layer: manifest}."""
+def fill_store(path, seed: int = 0, chunk_rows: int = 1024, publish: bool = True, dtypes=None) -> dict:
+    """Layer L of tiny_config() stored as dtypes[L] (default DTYPE_LAYERS: one dtype per layer),
+    with the DeepSeek-V3 tokenizer's fingerprint; {layer: manifest}."""
+    tokenizer = get_compressed_tokenizer("deepseek-v3")
     store = TableStore(path)
     try:
         out = {}
-        for layer, dtype in DTYPE_LAYERS.items():
+        for layer, dtype in (dtypes or DTYPE_LAYERS).items():
             cfg = tiny_config(row_dtype=dtype)
-            out[layer] = load_layer(store, cfg, layer, RandomRows(seed, layer, cfg.head_dim), "sha-test",
-                                    98_627, publish=publish, progress=False, chunk_rows=chunk_rows)
+            out[layer] = load_layer(store, cfg, layer, RandomRows(seed, layer, cfg.head_dim), tokenizer.sha256,
+                                    tokenizer.num_compressed, publish=publish, progress=False, chunk_rows=chunk_rows)
         return out
     finally:
         store.close()

@@ -191,7 +191,7 @@ def test_publishing_while_clients_read(tmp_path):
     from memory_service.store import TableStore
     store = TableStore(db)
     cfg = tiny_config(row_dtype="float16")
-    load_layer(store, cfg, 3, RandomRows(1, 3, cfg.head_dim), "sha-test", 98_627, progress=False, chunk_rows=1024)
+    load_layer(store, cfg, 3, RandomRows(1, 3, cfg.head_dim), "sha", 98_627, progress=False, chunk_rows=1024)
     store.close()
     time.sleep(1.0)
     stop.set()

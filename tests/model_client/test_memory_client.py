@@ -7,6 +7,7 @@ import pytest
 
 from model_client import EngramConfig, MemoryClient, MemoryServiceError
 from model_client.memory_client import deduplicate
+from model_client.tokenizer import get_compressed_tokenizer
 
 from ..served import Server, expected_rows, fill_store, free_port, tiny_config
 
@@ -32,10 +33,10 @@ def test_duplicates_are_sent_once(served_store):
 def test_check_refuses_a_table_built_for_another_config(served_store):
     server, _, _ = served_store
     with MemoryClient(server.target) as client:
-        client.describe("layer1").check_compatible(tiny_config(), "sha-test", 98_627)
+        client.describe("layer1").check_compatible(tiny_config(), get_compressed_tokenizer("deepseek-v3").sha256, 98_627)
         # this store keeps each layer in another dtype, so one config cannot match every table
         with pytest.raises(ValueError, match="layer2 v1 was built with row_dtype='bfloat16'"):
-            client.check(tiny_config(), "sha-test", 98_627)
+            client.check(tiny_config(), get_compressed_tokenizer("deepseek-v3").sha256, 98_627)
         with pytest.raises(ValueError, match="built with seed=0, but this model's EngramConfig has seed=5"):
             client.check(tiny_config(seed=5))
         with pytest.raises(ValueError, match="tokenizer sha256"):

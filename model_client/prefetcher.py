@@ -1,0 +1,96 @@
+"""Lookahead prefetch: fetch a forward pass's Engram rows while the backbone computes.
+
+At forward entry `start(input_ids)` hashes every Engram layer for the whole batch (prefill chunks and
+decode steps alike, with the per-sequence lookback state), deduplicates each layer's row ids on the
+device, probes the device cache (pinning the hits) and hands the misses of every layer, in layer
+order, to a background thread that reads them from the host cache tier and the backing store. The
+backbone meanwhile runs the blocks before the first Engram layer. Inside an Engram layer,
+`Step.rows(layer)` waits for that layer's rows only, records the exposed wait, copies them to the
+device, inserts them into the device cache and assembles the [B, T, columns] rows.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .hasher import LookbackState, NgramHasher
+from .tiers import CacheTier, fetch
+
+
+class Prefetcher:
+    def __init__(self, hasher: NgramHasher, store, device="cpu", device_cache_bytes: int = 64 << 20,
+                 host_cache_bytes: int = 0, policy: str = "lru", tables: dict[int, str] | None = None):
+        self.hasher, self.store, self.device = hasher, store, torch.device(device)
+        self.layers = list(hasher.config.layer_ids)
+        self.tables = tables or {layer: f"layer{layer}" for layer in self.layers}
+        self.row_bytes = {t: store.row_bytes(t) for t in self.tables.values()}
+        self.device_tier = CacheTier("device", device_cache_bytes, self.row_bytes, self.device, policy)
+        self.host_tier = (CacheTier("host", host_cache_bytes, self.row_bytes, "cpu", policy, pin_memory=True)
+                          if host_cache_bytes else None)
+        self.lower_tiers = [t for t in (self.host_tier, store) if t is not None]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
+        self.current: Step | None = None
+        self.exposed_wait_s: dict[int, list[float]] = defaultdict(list)  # per layer, one per step
+        self.store_rows: dict[int, int] = defaultdict(int)                # rows read from below the device
+
+    def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None) -> "Step":
+        """Hash, probe and launch the fetches of one forward pass; the step becomes `current`."""
+        hash_ids = self.hasher.hash_stacked(input_ids.to(self.device), state, lengths)
+        self.current = Step(self, hash_ids, self.hasher.row_ids_stacked(hash_ids))
+        return self.current
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.store.close()
+
+
+class Step:
+    def __init__(self, prefetcher: Prefetcher, hash_ids: torch.Tensor, row_ids: torch.Tensor):
+        self.p, self.hash_stack, self.row_stack = prefetcher, hash_ids, row_ids
+        self.parts, self.futures = {}, {}
+        for i, layer in enumerate(prefetcher.layers):
+            table = prefetcher.tables[layer]
+            unique, inverse = torch.unique(row_ids[i].reshape(-1), return_inverse=True)
+            cache = prefetcher.device_tier.caches[table]
+            hit, slot = cache.lookup(unique, pin=True)  # pinned until this step's layer has read them
+            miss = unique[~hit]
+            self.parts[layer] = (table, unique, inverse, hit, slot, miss)
+        for layer, (table, *_, miss) in self.parts.items():  # layer order: the first layer's rows first
+            self.futures[layer] = prefetcher.pool.submit(self._read_below, table, miss.cpu(), layer)
+
+    def _read_below(self, table: str, miss: torch.Tensor, layer: int) -> torch.Tensor:
+        rows = torch.empty(len(miss), self.p.row_bytes[table], dtype=torch.uint8,
+                           pin_memory=torch.cuda.is_available())
+        fetch(table, miss, rows, self.p.lower_tiers)
+        self.p.store_rows[layer] += len(miss)
+        return rows
+
+    def hash_ids(self, layer: int) -> torch.Tensor:
+        """Per-sub-table indices [B, T, columns] of one layer: the Engram module's input."""
+        return self.hash_stack[self.p.layers.index(layer)]
+
+    def row_ids(self, layer: int) -> torch.Tensor:
+        return self.row_stack[self.p.layers.index(layer)]
+
+    def rows(self, layer: int) -> torch.Tensor:
+        """uint8 [B, T, columns, row_bytes] on the device; waits only for this layer's rows."""
+        table, unique, inverse, hit, slot, miss = self.parts.pop(layer)
+        t0 = time.perf_counter()
+        below = self.futures.pop(layer).result()
+        self.p.exposed_wait_s[layer].append(time.perf_counter() - t0)
+        cache = self.p.device_tier.caches[table]
+        miss_rows = below.to(cache.device, non_blocking=True)
+        rows = torch.empty(len(unique), cache.row_bytes, dtype=torch.uint8, device=cache.device)
+        rows[hit] = cache.gather(slot[hit])
+        rows[~hit] = miss_rows
+        cache.insert(miss, miss_rows)   # misses a full set cannot take are served from miss_rows
+        cache.release(slot[hit])
+        return rows[inverse].view(*self.row_ids(layer).shape, cache.row_bytes)
+
+    def wait_all(self) -> None:
+        """Consume the layers nobody read (e.g. a forward pass that stopped early)."""
+        for layer in list(self.parts):
+            self.rows(layer)
