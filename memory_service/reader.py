@@ -130,9 +130,12 @@ class StoreReader:
         self._checked = time.monotonic()
 
     @contextmanager
-    def snapshot(self):
-        """The newest snapshot, held for the duration of the block."""
+    def snapshot(self, fresh: bool = False):
+        """The newest snapshot, held for the duration of the block; fresh=True looks for new
+        versions now instead of at most every refresh_s."""
         with self._lock:
+            if fresh:
+                self._checked = 0.0
             self._maybe_refresh()
             snap = self._snapshot
             snap.users += 1

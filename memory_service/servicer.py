@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import ExitStack
 
 import grpc
 import numpy as np
@@ -96,8 +97,17 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                     raise StoreError("RESOURCE_EXHAUSTED", f"request for table {request.table!r} has {n} row "
                                      f"ids; the limit is {self.max_request_rows} per request: split the batch")
                 ids = np.frombuffer(request.row_ids, dtype="<i8")
-                with self.reader.snapshot() as snap:
-                    view = snap.view(request.table, request.version)
+                with ExitStack() as held:  # snapshots stay open until the rows are copied out
+                    snap = held.enter_context(self.reader.snapshot())
+                    try:
+                        view = snap.view(request.table, request.version)
+                    except StoreError as e:
+                        # a version another server process already serves may be newer than this
+                        # process's snapshot: look again before refusing
+                        if e.code != "NOT_FOUND" or not request.version:
+                            raise
+                        view = held.enter_context(self.reader.snapshot(fresh=True)).view(request.table,
+                                                                                         request.version)
                     m = view.manifest
                     if n * m.row_bytes > self.max_message_bytes:
                         raise StoreError("RESOURCE_EXHAUSTED", f"{n} rows of table {m.table} are "
