@@ -10,8 +10,9 @@ from .store import StoreError
 
 def _demo(args) -> int:
     from model_client.demo import DemoConfig, run
+    from model_client.e2e import WorkerConfig
     from model_client.flags import dataclass_from_args
-    return run(dataclass_from_args(DemoConfig, args))
+    return run(dataclass_from_args(DemoConfig, args), dataclass_from_args(WorkerConfig, args))
 
 
 def _bench_hashing(args) -> int:
@@ -55,10 +56,18 @@ def _bench_service(args) -> int:
     return run(dataclass_from_args(ServiceBenchConfig, args))
 
 
+def _bench_e2e(args) -> int:
+    from bench.e2e import run
+    from model_client.e2e import WorkerConfig
+    from model_client.flags import dataclass_from_args
+    return run(dataclass_from_args(WorkerConfig, args), args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench.hashing import HashingBenchConfig
     from bench.service import ServiceBenchConfig
     from model_client.demo import DemoConfig
+    from model_client.e2e import WorkerConfig
     from model_client.flags import add_dataclass_flags
 
     from .info import InfoConfig
@@ -72,9 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="run the main job end to end on embedded defaults",
-        description="Tokenize real text (DeepSeek-V3 tokenizer), hash it into Engram row ids and "
-                    "report row reuse and the table geometry of every preset.")
+        description="Tokenize real text (DeepSeek-V3 tokenizer), hash it into Engram row ids and report "
+                    "row reuse and the table geometry of every preset; then create the demo tables in an "
+                    "LMDB store (once), start the memory service and run a small model over real text in "
+                    "prefill and decode, with local tables and with the service, and compare.")
     add_dataclass_flags(demo, DemoConfig)
+    add_dataclass_flags(demo.add_argument_group("end to end (the worker)"), WorkerConfig, skip={"config"})
     demo.set_defaults(func=_demo)
 
     load = commands.add_parser(
@@ -123,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "measured in the same run.")
     add_dataclass_flags(service, ServiceBenchConfig)
     service.set_defaults(func=_bench_service)
+    e2e = benches.add_parser(
+        "e2e", help="demo model tokens/s with remote vs local tables, prefill and decode",
+        description="Run the demo model over real text with its tables in memory and with them in the "
+                    "memory service (or the co-located LMDB), alternating, and report tokens/s, their "
+                    "ratio, exposed wait and cache hit rates. Appends one JSON row to --out.")
+    add_dataclass_flags(e2e, WorkerConfig)
+    e2e.add_argument("--out", default="bench/results/e2e.json", help="JSON file to append to")
+    e2e.set_defaults(func=_bench_e2e)
     return parser
 
 

@@ -28,6 +28,8 @@ class DemoConfig:
     max_chars: int = field(default=400_000, metadata={
         "help": "characters read per corpus (400,000 chars of English are about 100,000 tokens)"})
     seq_len: int = field(default=1024, metadata={"help": "tokens per sequence when hashing"})
+    e2e: bool = field(default=True, metadata={
+        "help": "then run the demo model with local tables and with tables in the memory service"})
 
     def __post_init__(self):
         if self.max_chars < 1:
@@ -58,7 +60,7 @@ def hash_corpus(hasher: NgramHasher, ids: np.ndarray, seq_len: int) -> dict:
     return {layer: np.concatenate(r) for layer, r in rows.items()}
 
 
-def run(demo: DemoConfig) -> int:
+def run(demo: DemoConfig, worker=None) -> int:
     config = EngramConfig.load(demo.config)
     print("engram-memory demo: real text -> DeepSeek-V3 tokens -> compressed ids -> Engram row ids\n")
     t0 = time.perf_counter()
@@ -105,4 +107,13 @@ def run(demo: DemoConfig) -> int:
               f"{preset.row_bytes:>7}{geo.bytes_per_token:>9,}{geo.total_parameters / 1e9:>8.2f}B"
               f"{geo.total_bytes / 2**30:>7.1f} GiB")
     print("\nB/token: row bytes one token reads across all its Engram layers (columns x row bytes).")
+    if demo.e2e:
+        import dataclasses
+
+        from .e2e import WorkerConfig, report, run_comparison
+        worker = dataclasses.replace(worker or WorkerConfig(), config=demo.config)
+        print(f"\nend to end: the demo model with local tables vs tables in the memory service (--no-e2e skips)")
+        out = run_comparison(worker)
+        print("\n" + report(out))
+        return 0 if out["outputs_match"] else 1
     return 0

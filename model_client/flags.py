@@ -5,9 +5,11 @@ import argparse
 import dataclasses
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """--field-name for every field of `cls`; help text from field(metadata={"help": ...})."""
+def add_dataclass_flags(parser, cls, skip: set[str] = frozenset()) -> None:
+    """--field-name for every field of `cls` (but `skip`); help from field(metadata={"help": ...})."""
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.metadata.get("required"):
@@ -28,5 +30,6 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def dataclass_from_args(cls, args: argparse.Namespace):
-    """Build `cls` from parsed flags; its __post_init__ validates and names any bad field."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    """Build `cls` from parsed flags (fields without a flag keep their defaults); its __post_init__
+    validates and names any bad field."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})

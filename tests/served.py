@@ -2,29 +2,22 @@
 over a temporary LMDB store filled by the real loader (the `served_store` fixture is in conftest)."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from memory_service.checkpoint import RandomRows
 from memory_service.loader import load_layer
+from memory_service.process import ServiceProcess, executable
 from memory_service.store import TableStore
 from model_client import EngramConfig, TableGeometry
 from model_client.row_format import RowFormat
 from model_client.table_init import seeded_rows
 from model_client.tokenizer import get_compressed_tokenizer
 
-EXE = shutil.which("engram-memory") or os.path.join(os.path.dirname(sys.executable), "engram-memory")
+EXE = executable()
 DTYPE_LAYERS = {1: "float32", 2: "bfloat16", 3: "float16", 4: "fp8-e4m3"}
 
 
@@ -59,51 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    def __init__(self, db, *extra, workers: int = 2):
-        self.metrics_port = free_port()
-        self.log = Path(db).parent / f"serve-{time.monotonic_ns()}.log"
-        self.proc = subprocess.Popen([EXE, "serve", "--db", str(db), "--port", "0", "--workers", str(workers),
-                                      "--metrics-port", str(self.metrics_port), "--refresh-ms", "20", *extra],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
-        self.port = self._wait_port()
-        self.target = f"127.0.0.1:{self.port}"
+class Server(ServiceProcess):
+    """The real server on a free loopback port, logging next to its store, with metrics on."""
 
-    def logs(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
-
-    def _wait_port(self, timeout: float = 60) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for entry in self.logs():
-                if entry.get("msg") == "serving":
-                    return entry["port"]
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not start: {self.log.read_text()}")
-
-    def health(self, service: str = "") -> int:
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-    def wait_serving(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.health() != health_pb2.HealthCheckResponse.SERVING:
-            if time.monotonic() > deadline:
-                raise TimeoutError("server never reported SERVING")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def __init__(self, db, *flags, workers: int = 2):
+        super().__init__(db, "--refresh-ms", "20", *flags, workers=workers, metrics_port=free_port(),
+                         log=Path(db).parent / f"serve-{time.monotonic_ns()}.log")
 
 
 def expected_rows(layer: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,23 @@
+"""`engram-memory bench e2e`: tokens/s of the demo model with tables in the memory service (or the
+co-located LMDB) against the same model holding its tables, prefill and decode, in one run; exposed
+wait as a share of step time; cache hit rates. One JSON row per run of the command."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from model_client.e2e import WorkerConfig, report, run_comparison
+
+from .report import machine
+
+
+def run(cfg: WorkerConfig, out: str) -> int:
+    result = {"bench": "e2e", **run_comparison(cfg), **machine()}
+    print("\n" + report(result))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(path.read_text()) if path.exists() else []
+    rows.append(result)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"appended to {path}")
+    return 0 if result["outputs_match"] else 1

@@ -1,0 +1,110 @@
+"""DemoModel: a small decoder-only backbone with Engram layers, for the demo and the e2e benchmark.
+
+Blocks of pre-norm causal attention (with a KV cache) and an MLP over the mean of the hc_mult
+hyper-connection branches, whose update is added to every branch (a simple stand-in for mHC, as the
+reference demo mocks it). Blocks listed in EngramConfig.layer_ids first add their Engram output to
+the branches. Weights are random: the model exists to run Engram's data path at realistic shapes,
+not to produce meaningful text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import EngramConfig
+from .engram import Engram
+
+
+@dataclass
+class BackboneConfig:
+    num_layers: int = 16      # the demo preset puts Engram at blocks 1 and 15
+    hidden_size: int = 256
+    hc_mult: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    vocab_size: int = 129_280  # DeepSeek-V3's embedding rows (>= its 128,815 tokenizer ids)
+    max_positions: int = 4096
+
+    def __post_init__(self):
+        for name in ("num_layers", "hidden_size", "hc_mult", "heads", "mlp_ratio", "vocab_size", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BackboneConfig.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.hidden_size % self.heads:
+            raise ValueError(f"BackboneConfig.hidden_size {self.hidden_size} must be divisible by heads {self.heads}")
+
+    @property
+    def parameters(self) -> int:
+        d = self.hidden_size
+        block = 4 * d * d + 2 * self.mlp_ratio * d * d
+        return self.num_layers * block + 2 * self.vocab_size * d + self.max_positions * d
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: BackboneConfig, engram: Engram | None):
+        super().__init__()
+        d = cfg.hidden_size
+        self.heads = cfg.heads
+        self.engram = engram
+        self.norm1, self.norm2 = nn.RMSNorm(d), nn.RMSNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.fc1, self.fc2 = nn.Linear(d, cfg.mlp_ratio * d, bias=False), nn.Linear(cfg.mlp_ratio * d, d, bias=False)
+
+    def forward(self, x, positions, kv, engram_ids=None, conv_state=None, lengths=None):
+        """x [B, T, M, D]; positions [B, T]; kv = (k, v) caches [B, H, S, hd], written at positions."""
+        if self.engram is not None:
+            x = x + self.engram(x, engram_ids, conv_state, lengths)
+        h = x.mean(dim=2)
+        B, T, D = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        k_cache, v_cache = kv
+        rows = torch.arange(B, device=h.device)[:, None].expand(B, T)
+        k_cache[rows, :, positions] = k.transpose(1, 2)
+        v_cache[rows, :, positions] = v.transpose(1, 2)
+        S = int(positions.max()) + 1
+        visible = torch.arange(S, device=h.device)[None, None, :] <= positions[:, :, None]  # causal
+        a = F.scaled_dot_product_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], attn_mask=visible[:, None])
+        delta = self.out(a.transpose(1, 2).reshape(B, T, D))
+        delta = delta + self.fc2(F.gelu(self.fc1(self.norm2(h + delta))))
+        return x + delta.unsqueeze(2)
+
+
+class DemoModel(nn.Module):
+    def __init__(self, cfg: BackboneConfig, engram_config: EngramConfig, backends: dict | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.engram_config = engram_config.replace(hidden_size=cfg.hidden_size, hc_mult=cfg.hc_mult)
+        if max(self.engram_config.layer_ids) >= cfg.num_layers:
+            raise ValueError(f"Engram layers {self.engram_config.layer_ids} need at least "
+                             f"{max(self.engram_config.layer_ids) + 1} blocks (BackboneConfig.num_layers)")
+        backends = backends or {}
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos = nn.Embedding(cfg.max_positions, cfg.hidden_size)
+        self.blocks = nn.ModuleList(
+            Block(cfg, Engram(self.engram_config, i, backends.get(i)) if i in self.engram_config.layer_ids else None)
+            for i in range(cfg.num_layers))
+        self.norm = nn.RMSNorm(cfg.hidden_size)
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def new_state(self, batch: int, device=None) -> dict:
+        """KV caches and Engram conv states for `batch` sequences."""
+        device = device or self.head.weight.device
+        dtype = self.head.weight.dtype
+        hd = self.cfg.hidden_size // self.cfg.heads
+        shape = (batch, self.cfg.heads, self.cfg.max_positions, hd)
+        return {"kv": [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                       for _ in self.blocks],
+                "conv": {i: b.engram.new_conv_state(batch, device) for i, b in enumerate(self.blocks) if b.engram}}
+
+    def forward(self, input_ids, positions, state: dict, engram_ids: dict, lengths=None):
+        """Logits [B, vocab] at each row's last valid position. engram_ids: {layer: [B, T, C]},
+        from NgramHasher.hash (local tables) or the prefetcher's step (remote tables)."""
+        x = self.embed(input_ids) + self.pos(positions)
+        x = x.unsqueeze(2).expand(-1, -1, self.cfg.hc_mult, -1).contiguous()
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, state["kv"][i], engram_ids.get(i), state["conv"].get(i), lengths)
+        last = (lengths - 1) if lengths is not None else torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
+        h = x.mean(dim=2)[torch.arange(x.shape[0], device=x.device), last.long()]
+        return self.head(self.norm(h))

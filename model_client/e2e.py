@@ -1,0 +1,201 @@
+"""End to end: the demo model over the same workload with local tables and with tables in the
+memory service (or read co-located from its LMDB), in one run: tokens/s, exposed wait, hit rates,
+and whether the outputs match bit for bit. `engram-memory demo` and `bench e2e` both run this."""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import EngramConfig
+from .demo_model import BackboneConfig, DemoModel
+from .hasher import NgramHasher
+from .row_cache import POLICIES
+from .workload import Runner, WorkloadConfig, make_prompts
+
+
+@dataclass
+class WorkerConfig:
+    config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
+    row_dtype: str = field(default="bfloat16", metadata={
+        "help": "row dtype of the tables (bfloat16: 128 B rows, 2.6 GB for the demo's two layers)"})
+    data_dir: str = field(default="data", metadata={"help": "where the demo's table store lives (created if absent)"})
+    colocated: bool = field(default=False, metadata={
+        "help": "read the store's LMDB directly (a worker on the service's host) instead of over gRPC"})
+    server_workers: int = field(default=2, metadata={"help": "memory service processes"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)"})
+    device_cache_mb: int = field(default=64, metadata={"help": "device row cache, MiB (all Engram layers together)"})
+    host_cache_mb: int = field(default=0, metadata={"help": "pinned host row cache, MiB (0: none)"})
+    policy: str = field(default="lru", metadata={"help": f"cache policy: {', '.join(POLICIES)}"})
+    num_layers: int = field(default=16, metadata={"help": "backbone blocks (Engram layers must be among them)"})
+    hidden_size: int = field(default=256, metadata={"help": "backbone width"})
+    hc_mult: int = field(default=2, metadata={"help": "hyper-connection branches"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype: float32, bfloat16, or auto (bf16 on cuda)"})
+    sequences: int = field(default=8, metadata={"help": "sequences in the batch"})
+    min_len: int = field(default=100, metadata={"help": "shortest prompt, tokens"})
+    max_len: int = field(default=512, metadata={"help": "longest prompt, tokens"})
+    decode_steps: int = field(default=16, metadata={"help": "greedy decode steps after the prefill"})
+    prefill_batch: int = field(default=0, metadata={
+        "help": "prefill the sequences in groups of this many (0: all at once); decode runs them all together"})
+    repeats: int = field(default=3, metadata={"help": "runs per mode, alternating local and remote; medians reported"})
+    seed: int = field(default=0, metadata={"help": "seed of the model weights and the prompts"})
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"WorkerConfig.policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"WorkerConfig.device must be auto, cpu or cuda (got {self.device!r})")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("WorkerConfig.device is cuda but torch sees no GPU")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"WorkerConfig.dtype must be auto, float32 or bfloat16 (got {self.dtype!r})")
+        if self.repeats < 1 or self.device_cache_mb < 1 or self.host_cache_mb < 0:
+            raise ValueError("WorkerConfig: repeats and device_cache_mb must be >= 1, host_cache_mb >= 0")
+        WorkloadConfig(self.sequences, self.min_len, self.max_len, self.decode_steps)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
+                            "cpu" if self.device == "auto" else self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
+        return getattr(torch, self.dtype)
+
+
+def table_store_path(data_dir: str, config: EngramConfig) -> Path:
+    """One store per table geometry: the fields that decide the rows, hashed."""
+    key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("hidden_size", "hc_mult")}, sort_keys=True)
+    return Path(data_dir) / f"tables-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def ensure_tables(config: EngramConfig, db: Path, tokenizer) -> None:
+    """Load the config's tables with the seeded random init (seed = config.seed) unless published."""
+    from memory_service.checkpoint import RandomRows
+    from memory_service.loader import load_layer
+    from memory_service.store import TableStore
+    store = TableStore(db, bulk=True)
+    try:
+        for layer in config.layer_ids:
+            if not store.current_version(f"layer{layer}"):
+                print(f"creating table layer{layer} in {db} (seeded random rows, once) ...", flush=True)
+                load_layer(store, config, layer, RandomRows(config.seed, layer, config.head_dim),
+                           tokenizer.sha256, tokenizer.num_compressed)
+    finally:
+        store.close()
+
+
+def _phase_waits(prefetcher, counts_before: dict, steps_per_run: int) -> tuple[float, float]:
+    """Exposed wait (s) of the prefill and of the decode steps since counts_before."""
+    prefill = decode = 0.0
+    for layer, waits in prefetcher.exposed_wait_s.items():
+        new = waits[counts_before.get(layer, 0):]
+        for k in range(0, len(new), steps_per_run):
+            prefill += new[k]
+            decode += sum(new[k + 1:k + steps_per_run])
+    return prefill, decode
+
+
+def run_comparison(cfg: WorkerConfig, log=print) -> dict:
+    from memory_service.process import ServiceProcess
+
+    from .memory_client import MemoryClient
+    from .prefetcher import Prefetcher
+    from .remote_backend import RemoteTableBackend
+    from .tiers import ServiceTier, StoreTier
+    from .tokenizer import get_compressed_tokenizer
+
+    config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
+    tokenizer = get_compressed_tokenizer(config.tokenizer)
+    db = table_store_path(cfg.data_dir, config)
+    ensure_tables(config, db, tokenizer)
+    device, dtype = cfg.torch_device, cfg.torch_dtype
+    backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, cfg.hc_mult, cfg.heads,
+                              max_positions=cfg.max_len + cfg.decode_steps + 1)
+    hasher = NgramHasher(config, tokenizer)
+    # new prompts every repeat (the caches see fresh text); local and remote run the same ones
+    prompt_sets = [make_prompts(tokenizer, WorkloadConfig(cfg.sequences, cfg.min_len, cfg.max_len,
+                                                          cfg.decode_steps, cfg.seed + r)) for r in range(cfg.repeats)]
+    log(f"building the local model (whole tables in {device} memory) ...")
+    torch.manual_seed(cfg.seed)
+    local = DemoModel(backbone, config).to(device, dtype).eval()
+    server = None if cfg.colocated else ServiceProcess(db, workers=cfg.server_workers)
+    try:
+        if server:
+            server.wait_serving()
+        store = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(server.target))
+        prefetcher = Prefetcher(hasher, store, device, cfg.device_cache_mb << 20, cfg.host_cache_mb << 20, cfg.policy)
+        try:
+            remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=device.type == "cpu")
+                                                  for layer in config.layer_ids}).to(device, dtype).eval()
+            remote.load_state_dict(local.state_dict())
+            runners = {"local": Runner(local, hasher, pad_id=config.pad_id),
+                       "remote": Runner(remote, hasher, prefetcher, pad_id=config.pad_id)}
+            results = {"local": [], "remote": []}
+            waits = []
+            for r in range(cfg.repeats):
+                for mode, runner in runners.items():
+                    before = {layer: len(w) for layer, w in prefetcher.exposed_wait_s.items()}
+                    result = runner.run(prompt_sets[r], cfg.decode_steps, cfg.prefill_batch)
+                    results[mode].append(result)
+                    if mode == "remote":
+                        waits.append(_phase_waits(prefetcher, before, cfg.decode_steps + 1))
+                    log(f"  run {r + 1}/{cfg.repeats} {mode:<6}: prefill {result.prefill_tokens_per_s:>9,.0f} tok/s, "
+                        f"decode {result.decode_tokens_per_s:>8,.0f} tok/s")
+            match = all(torch.equal(a, b) for r in range(cfg.repeats)
+                        for a, b in zip(results["local"][r].logits, results["remote"][r].logits))
+            device_stats = prefetcher.device_tier.stats()
+            host_stats = prefetcher.host_tier.stats() if prefetcher.host_tier else None
+        finally:
+            prefetcher.close()
+    finally:
+        if server:
+            server.stop()
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    out = {"prefill_batch": cfg.prefill_batch, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "mode": "co-located lmdb" if cfg.colocated else "grpc service",
+           "sequences": cfg.sequences, "prefill_tokens": results["local"][0].prefill_tokens,
+           "min_len": cfg.min_len, "max_len": cfg.max_len, "decode_steps": cfg.decode_steps, "repeats": cfg.repeats,
+           "decode_tokens": results["local"][0].decode_tokens, "backbone_parameters": backbone.parameters,
+           "table_rows": sum(hasher.geometry.rows(layer) for layer in config.layer_ids),
+           "table_bytes": hasher.geometry.total_bytes, "device_cache_bytes": cfg.device_cache_mb << 20,
+           "host_cache_bytes": cfg.host_cache_mb << 20, "policy": cfg.policy, "outputs_match": match}
+    for phase in ("prefill", "decode"):
+        for mode in ("local", "remote"):
+            out[f"{phase}_{mode}_tokens_per_s"] = med([getattr(r, f"{phase}_tokens_per_s") for r in results[mode]])
+        out[f"{phase}_ratio_remote_to_local"] = out[f"{phase}_remote_tokens_per_s"] / out[f"{phase}_local_tokens_per_s"]
+        seconds = med([getattr(r, f"{phase}_s") for r in results["remote"]])
+        out[f"{phase}_exposed_wait_share"] = med([w[0 if phase == "prefill" else 1] for w in waits]) / seconds if seconds else 0.0
+    out["device_cache_hit_rate"] = device_stats.hit_rate
+    out["host_cache_hit_rate"] = host_stats.hit_rate if host_stats else None
+    out["rows_from_store"] = sum(prefetcher.store_rows.values())
+    return out
+
+
+def report(out: dict) -> str:
+    gib = out["table_bytes"] / 2**30
+    lines = [
+        f"tables: {out['table_rows']:,} rows ({gib:.2f} GiB) via {out['mode']}; device cache "
+        f"{out['device_cache_bytes'] >> 20} MiB ({out['table_bytes'] / out['device_cache_bytes']:.0f}x smaller than "
+        f"the tables), host cache {out['host_cache_bytes'] >> 20} MiB, policy {out['policy']}",
+        f"model: {out['backbone_parameters'] / 1e6:.0f}M backbone parameters, RANDOM weights (the output is not text; "
+        f"the point is Engram's data path), {out['dtype']} on {out['device']}",
+        f"workload: {out['sequences']} sequences, {out['prefill_tokens']:,} prompt tokens, then "
+        f"{out['decode_tokens']:,} decode tokens",
+        "",
+        f"{'phase':<9}{'local tok/s':>13}{'remote tok/s':>14}{'ratio':>8}{'exposed wait':>14}",
+    ]
+    for phase in ("prefill", "decode"):
+        lines.append(f"{phase:<9}{out[f'{phase}_local_tokens_per_s']:>13,.0f}{out[f'{phase}_remote_tokens_per_s']:>14,.0f}"
+                     f"{out[f'{phase}_ratio_remote_to_local']:>8.3f}{out[f'{phase}_exposed_wait_share']:>13.1%}")
+    host = f"{out['host_cache_hit_rate']:.1%}" if out["host_cache_hit_rate"] is not None else "-"
+    lines += ["", f"hit rates: device cache {out['device_cache_hit_rate']:.1%}, host cache {host}; "
+                  f"{out['rows_from_store']:,} rows read from the {'LMDB' if 'lmdb' in out['mode'] else 'service'}",
+              f"outputs of local and remote tables match bit for bit: {'YES' if out['outputs_match'] else 'NO'}"]
+    return "\n".join(lines)

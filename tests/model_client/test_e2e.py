@@ -1,0 +1,49 @@
+"""The main job end to end, small: tables created in a store, the memory service started, the demo
+model run with local and with remote tables, outputs compared."""
+import dataclasses
+import subprocess
+
+import pytest
+
+from memory_service.process import executable
+from model_client.e2e import WorkerConfig, report, run_comparison
+
+from ..served import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_json(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.json"
+    path.write_text(tiny_config(layer_ids=[1, 2]).to_json())
+    return str(path)
+
+
+def worker(tmp_path, config, **changes):
+    base = WorkerConfig(config=config, data_dir=str(tmp_path), num_layers=3, hidden_size=32, heads=4,
+                        sequences=3, min_len=20, max_len=60, decode_steps=4, repeats=2, device_cache_mb=1,
+                        host_cache_mb=1)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize("colocated", [False, True])
+def test_remote_and_local_runs_match(tmp_path, tiny_json, colocated):
+    out = run_comparison(worker(tmp_path, tiny_json, colocated=colocated, prefill_batch=2), log=lambda *_: None)
+    assert out["outputs_match"] is True
+    assert out["prefill_tokens"] > 0 and out["decode_tokens"] == 3 * 4
+    for key in ("prefill_ratio_remote_to_local", "decode_ratio_remote_to_local", "prefill_exposed_wait_share",
+                "device_cache_hit_rate", "host_cache_hit_rate"):
+        assert 0 <= out[key] < 10, key
+    assert out["rows_from_store"] > 0
+    assert "match bit for bit: YES" in report(out)
+
+
+def test_demo_command_runs_end_to_end(tmp_path, tiny_json):
+    args = [executable(), "demo", "--config", tiny_json, "--max-chars", "5000", "--data-dir", str(tmp_path),
+            "--num-layers", "3", "--hidden-size", "32", "--heads", "4", "--sequences", "2", "--max-len", "40",
+            "--min-len", "10", "--decode-steps", "2", "--repeats", "1"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "outputs of local and remote tables match bit for bit: YES" in done.stdout
+    assert "RANDOM weights" in done.stdout and "exposed wait" in done.stdout
+    bad = subprocess.run([executable(), "demo", "--no-e2e", "--policy", "fifo"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "WorkerConfig.policy" in bad.stderr
