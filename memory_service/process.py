@@ -16,13 +16,19 @@ def executable() -> str:
     return shutil.which("engram-memory") or os.path.join(os.path.dirname(sys.executable), "engram-memory")
 
 
+def command() -> list[str]:
+    """The installed console script, or this interpreter running the package where it is not installed."""
+    exe = executable()
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "memory_service"]
+
+
 class ServiceProcess:
     """Starts a server on a free loopback port (unless --port is given) and learns the port from its log."""
 
     def __init__(self, db, *flags: str, workers: int = 2, metrics_port: int = 0, log: Path | None = None):
         self.metrics_port = metrics_port
         self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="engram-serve-", suffix=".log")[1])
-        args = [executable(), "serve", "--db", str(db), "--workers", str(workers),
+        args = [*command(), "serve", "--db", str(db), "--workers", str(workers),
                 "--metrics-port", str(metrics_port), *flags]
         if "--port" not in flags:
             args += ["--port", "0"]

@@ -25,7 +25,7 @@ def bf16_server(tmp_path_factory):
     server.stop()
 
 
-def modules(prefetcher):
+def modules(prefetcher, device="cpu"):
     torch.manual_seed(0)
     local, remote = {}, {}
     for layer in CONFIG.layer_ids:
@@ -35,22 +35,26 @@ def modules(prefetcher):
                 p.normal_(0, 0.2)                                  # conv weights too: not zero
         remote[layer] = Engram(CONFIG, layer, backend=RemoteTableBackend(prefetcher, layer))
         remote[layer].load_state_dict(local[layer].state_dict())
+        local[layer].to(device)
+        remote[layer].to(device)
     return local, remote
 
 
-@pytest.mark.parametrize("tier", ["service", "lmdb"])
-def test_remote_equals_local_bit_for_bit(bf16_server, ds_tokenizer, tier):
+@pytest.mark.parametrize("tier,device", [
+    ("service", "cpu"), ("lmdb", "cpu"),
+    pytest.param("service", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_remote_equals_local_bit_for_bit(bf16_server, ds_tokenizer, tier, device):
     server, db = bf16_server
     hasher = NgramHasher(CONFIG, ds_tokenizer)
     store = ServiceTier(MemoryClient(server.target)) if tier == "service" else StoreTier(str(db))
-    prefetcher = Prefetcher(hasher, store, device_cache_bytes=64 << 10, host_cache_bytes=128 << 10)
-    local, remote = modules(prefetcher)
+    prefetcher = Prefetcher(hasher, store, device, device_cache_bytes=64 << 10, host_cache_bytes=128 << 10)
+    local, remote = modules(prefetcher, device)
     text = real_text_ids(ds_tokenizer, "en")
     lengths = [37, 5, 64, 20]
     B, chunk, M, D = len(lengths), 16, CONFIG.hc_mult, CONFIG.hidden_size
     prompts = [text[i * 100:i * 100 + n] for i, n in enumerate(lengths)]
     rng = torch.Generator().manual_seed(1)
-    state_l, state_r = hasher.new_state(B, device="cpu"), hasher.new_state(B, device="cpu")
+    state_l, state_r = hasher.new_state(B, device=device), hasher.new_state(B, device=device)
     conv_l = {layer: local[layer].new_conv_state(B) for layer in CONFIG.layer_ids}
     conv_r = {layer: remote[layer].new_conv_state(B) for layer in CONFIG.layer_ids}
     compared = 0
@@ -60,8 +64,8 @@ def test_remote_equals_local_bit_for_bit(bf16_server, ds_tokenizer, tier):
             n = np.clip(np.array(lengths) - start, 0, chunk)
             for b, p in enumerate(prompts):
                 x[b, :n[b]] = p[start:start + n[b]]
-            ids, n = torch.from_numpy(x), torch.from_numpy(n)
-            hidden = torch.randn(B, chunk, M, D, generator=rng)
+            ids, n = torch.from_numpy(x).to(device), torch.from_numpy(n).to(device)
+            hidden = torch.randn(B, chunk, M, D, generator=rng).to(device)
             local_hash = hasher.hash(ids, state=state_l, lengths=n)
             step = prefetcher.start(ids, state_r, n)
             for layer in CONFIG.layer_ids:
@@ -71,8 +75,8 @@ def test_remote_equals_local_bit_for_bit(bf16_server, ds_tokenizer, tier):
                     assert torch.equal(y_local[b, :n[b]], y_remote[b, :n[b]])
                     compared += int(n[b])
         for t in range(8):                                     # then decode, one token a step
-            ids = torch.from_numpy(text[1000 + t * B:1000 + (t + 1) * B].reshape(B, 1))
-            hidden = torch.randn(B, 1, M, D, generator=rng)
+            ids = torch.from_numpy(text[1000 + t * B:1000 + (t + 1) * B].reshape(B, 1)).to(device)
+            hidden = torch.randn(B, 1, M, D, generator=rng).to(device)
             local_hash = hasher.hash(ids, state=state_l)
             step = prefetcher.start(ids, state_r)
             for layer in CONFIG.layer_ids:

@@ -146,3 +146,16 @@ def test_stats_and_contains():
     s = cache.stats
     assert (s.lookups, s.hits, s.misses, s.inserts, s.bytes_in) == (20, 10, 10, 10, 160)
     assert s.hit_rate == 0.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+def test_cuda_cache_equals_the_reference(policy):
+    cache = RowCache(capacity_bytes=8 * 4 * 16, row_bytes=16, device="cuda", policy=policy, ways=4, decay_every=7)
+    ref = Reference(cache.num_sets, cache.ways, policy, 7)
+    for batch in trace(3):
+        ids = torch.from_numpy(batch).cuda()
+        hit, _ = cache.lookup(ids)
+        cache.insert(ids[~hit], torch.zeros(int((~hit).sum()), 16, dtype=torch.uint8, device="cuda"))
+        ref.batch([int(x) for x in batch])
+    assert cache.stats.hits == ref.hits and cache.stats.evictions == ref.evictions
