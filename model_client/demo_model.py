@@ -65,7 +65,14 @@ class Block(nn.Module):
         v_cache[rows, :, positions] = v.transpose(1, 2)
         S = int(positions.max()) + 1
         visible = torch.arange(S, device=h.device)[None, None, :] <= positions[:, :, None]  # causal
-        a = F.scaled_dot_product_attention(q, k_cache[:, :, :S], v_cache[:, :, :S], attn_mask=visible[:, None])
+        keys, values = k_cache[:, :, :S], v_cache[:, :, :S]
+        if T == 1:  # decode: plain matmuls. Measured on an H200, SDPA's fused kernels gave run-to-run
+            # different decode logits at batch 64 x 1,024 keys; two GEMMs give the same bits every run.
+            scores = (q @ keys.transpose(-1, -2)).float() * (D // self.heads) ** -0.5
+            scores = scores.masked_fill(~visible[:, None], float("-inf"))
+            a = scores.softmax(dim=-1).to(values.dtype) @ values
+        else:
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
         delta = self.out(a.transpose(1, 2).reshape(B, T, D))
         delta = delta + self.fc2(F.gelu(self.fc1(self.norm2(h + delta))))
         return x + delta.unsqueeze(2)

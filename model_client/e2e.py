@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,9 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     from .tokenizer import get_compressed_tokenizer
 
     config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
+    if cfg.torch_device.type == "cuda":  # bit-exact comparison needs run-to-run deterministic kernels
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     tokenizer = get_compressed_tokenizer(config.tokenizer)
     db = table_store_path(cfg.data_dir, config)
     ensure_tables(config, db, tokenizer)
@@ -142,8 +146,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
                        "remote": Runner(remote, hasher, prefetcher, pad_id=config.pad_id)}
             results = {"local": [], "remote": []}
             waits = []
-            for runner in runners.values():  # warm-up (page cache, connections, allocator): not measured
-                runner.run(prompt_sets[0][:2], min(cfg.decode_steps, 2))
+            for runner in runners.values():  # warm-up (page cache, connections, allocator, kernel
+                runner.run(prompt_sets[0], min(cfg.decode_steps, 2), cfg.prefill_batch)  # choices): not measured
             match = True
             for r in range(cfg.repeats):
                 for mode, runner in runners.items():
