@@ -116,9 +116,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     from .tokenizer import get_compressed_tokenizer
 
     config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
-    if cfg.torch_device.type == "cuda":  # bit-exact comparison needs run-to-run deterministic kernels
+    if cfg.torch_device.type == "cuda":  # cuBLAS's documented condition for run-to-run equal results
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
     tokenizer = get_compressed_tokenizer(config.tokenizer)
     db = table_store_path(cfg.data_dir, config)
     ensure_tables(config, db, tokenizer)

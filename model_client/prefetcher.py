@@ -56,10 +56,10 @@ class Step:
             unique, inverse = torch.unique(row_ids[i].reshape(-1), return_inverse=True)
             cache = prefetcher.device_tier.caches[table]
             hit, slot = cache.lookup(unique, pin=True)  # pinned until this step's layer has read them
-            miss = unique[~hit]
-            self.parts[layer] = (table, unique, inverse, hit, slot, miss)
-        for layer, (table, *_, miss) in self.parts.items():  # layer order: the first layer's rows first
-            self.futures[layer] = prefetcher.pool.submit(self._read_below, table, miss.cpu(), layer)
+            hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # the step's syncs
+            self.parts[layer] = (table, unique, inverse, slot, hit_at, miss_at)
+        for layer, (table, unique, *_, miss_at) in self.parts.items():  # the first layer's rows first
+            self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer)
 
     def _read_below(self, table: str, miss: torch.Tensor, layer: int) -> torch.Tensor:
         rows = torch.empty(len(miss), self.p.row_bytes[table], dtype=torch.uint8,
@@ -77,17 +77,17 @@ class Step:
 
     def rows(self, layer: int) -> torch.Tensor:
         """uint8 [B, T, columns, row_bytes] on the device; waits only for this layer's rows."""
-        table, unique, inverse, hit, slot, miss = self.parts.pop(layer)
+        table, unique, inverse, slot, hit_at, miss_at = self.parts.pop(layer)
         t0 = time.perf_counter()
         below = self.futures.pop(layer).result()
         self.p.exposed_wait_s[layer].append(time.perf_counter() - t0)
         cache = self.p.device_tier.caches[table]
         miss_rows = below.to(cache.device, non_blocking=True)
         rows = torch.empty(len(unique), cache.row_bytes, dtype=torch.uint8, device=cache.device)
-        rows[hit] = cache.gather(slot[hit])
-        rows[~hit] = miss_rows
-        cache.insert(miss, miss_rows)   # misses a full set cannot take are served from miss_rows
-        cache.release(slot[hit])
+        rows.index_copy_(0, hit_at, cache.gather(slot[hit_at]))
+        rows.index_copy_(0, miss_at, miss_rows)
+        cache.insert(unique[miss_at], miss_rows)  # misses a full set cannot take are served from miss_rows
+        cache.release(slot)                        # the hits' pins (misses point at the trash slot)
         return rows[inverse].view(*self.row_ids(layer).shape, cache.row_bytes)
 
     def wait_all(self) -> None:

@@ -62,14 +62,18 @@ class RowCache:
         self.ways, self.row_bytes, self.policy, self.decay_every = ways, row_bytes, policy, decay_every
         self.device = torch.device(device)
         n = self.num_sets * ways
-        self.data = torch.empty(n, row_bytes, dtype=torch.uint8, device=self.device,
+        # One extra slot at index n takes the writes of rows that are not inserted, so no operation
+        # has to compact a batch by a mask: on a GPU that would stall the CPU on every call.
+        self.trash = n
+        self.data = torch.empty(n + 1, row_bytes, dtype=torch.uint8, device=self.device,
                                 pin_memory=pin_memory and self.device.type == "cpu" and torch.cuda.is_available())
-        self.tags = torch.full((n,), -1, dtype=torch.int64, device=self.device)
-        self.stamp = torch.zeros(n, dtype=torch.int64, device=self.device)
-        self.uses = torch.zeros(n, dtype=torch.int64, device=self.device)
-        self.pins = torch.zeros(n, dtype=torch.int32, device=self.device)
+        self.tags = torch.full((n + 1,), -1, dtype=torch.int64, device=self.device)
+        self.stamp = torch.zeros(n + 1, dtype=torch.int64, device=self.device)
+        self.uses = torch.zeros(n + 1, dtype=torch.int64, device=self.device)
+        self.pins = torch.zeros(n + 1, dtype=torch.int32, device=self.device)
         self.tick = 0
-        self.stats = CacheStats()
+        self._counts = torch.zeros(6, dtype=torch.int64, device=self.device)  # lookups, hits, inserts,
+        # evictions, bypassed, (unused): summed on the device, read by `stats`
 
     @property
     def capacity_rows(self) -> int:
@@ -79,72 +83,77 @@ class RowCache:
     def capacity_bytes(self) -> int:
         return self.capacity_rows * self.row_bytes
 
+    @property
+    def stats(self) -> CacheStats:
+        lookups, hits, inserts, evictions, bypassed, _ = (int(x) for x in self._counts.tolist())
+        return CacheStats(lookups, hits, lookups - hits, inserts, evictions, bypassed, inserts * self.row_bytes)
+
     def set_of(self, ids: torch.Tensor) -> torch.Tensor:
         return ((ids * _GOLDEN) >> 32) & (self.num_sets - 1)
 
+    def _set_slots(self, sets: torch.Tensor) -> torch.Tensor:
+        return sets[:, None] * self.ways + torch.arange(self.ways, device=self.device)
+
     # ---- batch operations -----------------------------------------------------------------------------
     def lookup(self, ids: torch.Tensor, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Distinct int64 ids [N] -> (hit bool [N], slot int64 [N], valid where hit). Starts a batch:
-        advances the tick and touches the hits (pinning them if asked)."""
+        """Distinct int64 ids [N] -> (hit bool [N], slot int64 [N]: the row's slot, or `trash` on a
+        miss). Starts a batch: advances the tick and touches the hits (pinning them if asked)."""
         self.tick += 1
         if self.policy == "lfu" and self.tick % self.decay_every == 0:
             self.uses >>= 1
         ids = ids.to(self.device)
-        sets = self.set_of(ids)
-        ways = torch.arange(self.ways, device=self.device)
-        candidates = sets[:, None] * self.ways + ways                      # [N, W] slots
+        candidates = self._set_slots(self.set_of(ids))                      # [N, W]
         match = self.tags[candidates] == ids[:, None]
         hit = match.any(dim=1)
-        slot = (candidates * match).sum(dim=1)                             # the matching slot, or 0
-        hit_slots = slot[hit]
-        self.stamp[hit_slots] = self.tick
-        self.uses[hit_slots] += 1
+        slot = torch.where(hit, (candidates * match).sum(dim=1), self.trash)
+        self.stamp[slot] = self.tick
+        self.uses.index_add_(0, slot, hit.long())
         if pin:
-            self.pins[hit_slots] += 1
-        n_hit = int(hit.sum())
-        self.stats.lookups += len(ids)
-        self.stats.hits += n_hit
-        self.stats.misses += len(ids) - n_hit
+            self.pins.index_add_(0, slot, hit.int())
+        self._counts[0] += len(ids)
+        self._counts[1] += hit.sum()
         return hit, slot
 
     def insert(self, ids: torch.Tensor, rows: torch.Tensor, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Insert distinct missing ids [N] with their rows [N, row_bytes] (after `lookup` of the same
-        batch). Returns (inserted bool [N], slot int64 [N]); ids not inserted were bypassed."""
+        batch). Returns (inserted bool [N], slot int64 [N], `trash` where not inserted); ids not
+        inserted were bypassed."""
         ids, rows = ids.to(self.device), rows.to(self.device, non_blocking=True)
         n = len(ids)
-        inserted = torch.zeros(n, dtype=torch.bool, device=self.device)
-        slot = torch.zeros(n, dtype=torch.int64, device=self.device)
         if n == 0:
-            return inserted, slot
+            return torch.zeros(0, dtype=torch.bool, device=self.device), torch.zeros(0, dtype=torch.int64, device=self.device)
         sets = self.set_of(ids)
         order = torch.argsort(sets, stable=True)                            # misses grouped by set
         sorted_sets = sets[order]
-        touched, first, counts = _groups(sorted_sets)
-        rank = torch.arange(n, device=self.device) - torch.repeat_interleave(first, counts)
-        victims = self._victim_order(touched)                              # [S, W] slots, best first
-        usable = (self.pins[victims] == 0).sum(dim=1)                      # unpinned ways per set
-        group = torch.repeat_interleave(torch.arange(len(touched), device=self.device), counts)
-        ok = rank < usable[group]
-        chosen = victims[group[ok], rank[ok]]
-        targets = order[ok]
-        self.stats.evictions += int((self.tags[chosen] >= 0).sum())
-        self.tags[chosen] = ids[targets]
-        self.data[chosen] = rows[targets]
-        self.stamp[chosen] = self.tick
-        self.uses[chosen] = 1
+        position = torch.arange(n, device=self.device)
+        starts = torch.ones(n, dtype=torch.bool, device=self.device)
+        starts[1:] = sorted_sets[1:] != sorted_sets[:-1]
+        first = torch.cummax(torch.where(starts, position, 0), dim=0).values
+        rank = position - first                                             # k-th miss of its set
+        victims = self._victim_order(sorted_sets)                           # [N, W] best first
+        usable = (self.pins[victims] == 0).sum(dim=1)                       # unpinned ways of the set
+        ok = rank < usable
+        chosen = torch.gather(victims, 1, rank.clamp(max=self.ways - 1)[:, None]).squeeze(1)
+        target = torch.where(ok, chosen, self.trash)
+        self._counts[3] += ((self.tags[chosen] >= 0) & ok).sum()
+        self.tags[target] = ids[order]
+        self.data[target] = rows[order]
+        self.stamp[target] = self.tick
+        self.uses[target] = 1
         if pin:
-            self.pins[chosen] += 1
-        inserted[targets] = True
-        slot[targets] = chosen
-        k = int(ok.sum())
-        self.stats.inserts += k
-        self.stats.bypassed += n - k
-        self.stats.bytes_in += k * self.row_bytes
+            self.pins.index_add_(0, target, ok.int())
+        self.tags[self.trash] = -1
+        inserted = torch.empty(n, dtype=torch.bool, device=self.device)
+        slot = torch.empty(n, dtype=torch.int64, device=self.device)
+        inserted[order], slot[order] = ok, target
+        inserted_count = ok.sum()
+        self._counts[2] += inserted_count
+        self._counts[4] += n - inserted_count
         return inserted, slot
 
     def _victim_order(self, sets: torch.Tensor) -> torch.Tensor:
         """Slots of each set [S, W] ordered by eviction preference; pinned slots last."""
-        slots = sets[:, None] * self.ways + torch.arange(self.ways, device=self.device)
+        slots = self._set_slots(sets)
         empty = self.tags[slots] < 0
         if self.policy == "lru":
             score = self.stamp[slots]
@@ -158,19 +167,15 @@ class RowCache:
         return torch.index_select(self.data, 0, slots, out=out) if out is not None else self.data[slots]
 
     def release(self, slots: torch.Tensor) -> None:
-        """Unpin slots pinned by lookup(pin=True) or insert(pin=True), once per pin."""
-        self.pins.index_add_(0, slots.to(self.device), torch.full_like(slots, -1, dtype=torch.int32,
-                                                                        device=self.device))
+        """Unpin slots pinned by lookup(pin=True) or insert(pin=True), once per pin (pass the slots
+        those calls returned: misses and bypassed rows point at the trash slot, which absorbs them)."""
+        slots = slots.to(self.device)
+        self.pins.index_add_(0, slots, torch.full(slots.shape, -1, dtype=torch.int32, device=self.device))
+        self.pins[self.trash] = 0
 
     def contains(self, ids: torch.Tensor) -> torch.Tensor:
         """Presence without touching anything (for tests and tools)."""
         ids = ids.to(self.device)
-        candidates = self.set_of(ids)[:, None] * self.ways + torch.arange(self.ways, device=self.device)
-        return (self.tags[candidates] == ids[:, None]).any(dim=1)
+        return (self.tags[self._set_slots(self.set_of(ids))] == ids[:, None]).any(dim=1)
 
 
-def _groups(sorted_keys: torch.Tensor):
-    """(distinct keys, index of each key's first element, count) of a sorted 1-D tensor."""
-    keys, counts = torch.unique_consecutive(sorted_keys, return_counts=True)
-    first = torch.cumsum(counts, 0) - counts
-    return keys, first, counts

@@ -34,7 +34,8 @@ class CacheTier:
     def get_many(self, table: str, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         cache = self.caches[table]
         hit, slot = cache.lookup(ids)
-        out[hit.to(out.device)] = cache.gather(slot[hit]).to(out.device)
+        at = hit.nonzero().squeeze(1)
+        out[at.to(out.device)] = cache.gather(slot[at]).to(out.device)
         return hit
 
     def put_many(self, table: str, ids: torch.Tensor, rows: torch.Tensor) -> None:
@@ -43,6 +44,7 @@ class CacheTier:
         cache.insert(ids.to(cache.device)[new], rows.to(cache.device)[new])
 
     def stats(self, table: str | None = None) -> CacheStats:
+        """Counters summed over the tier's tables (or of one table)."""
         total = CacheStats()
         for name, cache in self.caches.items():
             if table in (None, name):
