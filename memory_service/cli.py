@@ -63,6 +63,12 @@ def _bench_e2e(args) -> int:
     return run(dataclass_from_args(WorkerConfig, args), args.out)
 
 
+def _bench_hit_rate(args) -> int:
+    from bench.hit_rate import HitRateConfig, run
+    from model_client.flags import dataclass_from_args
+    return run(dataclass_from_args(HitRateConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench.hashing import HashingBenchConfig
     from bench.service import ServiceBenchConfig
@@ -143,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(e2e, WorkerConfig)
     e2e.add_argument("--out", default="bench/results/e2e.json", help="JSON file to append to")
     e2e.set_defaults(func=_bench_e2e)
+    hit_rate = benches.add_parser(
+        "hit-rate", help="cache hit rates on real text: LRU, the project's policies, Belady's optimum",
+        description="Tokenize real corpora, hash them, and replay each Engram layer's row accesses "
+                    "through LRU, the project's RowCache policies, lookahead, a two-tier cache, "
+                    "Belady's optimum and an infinite cache, for cache sizes from 0.1% to 30% of the "
+                    "table. JSON rows and one PNG per corpus.")
+    from bench.hit_rate import HitRateConfig
+    add_dataclass_flags(hit_rate, HitRateConfig)
+    hit_rate.set_defaults(func=_bench_hit_rate)
     return parser
 
 

@@ -1,0 +1,181 @@
+"""`engram-memory bench hit-rate`: cache hit rates on real text, against the optimum.
+
+Each corpus is tokenized, cut into sequences of `seq_len` tokens, hashed with an EngramConfig, and
+each Engram layer's row accesses (token by token, columns in order) replayed through:
+  lru            fully associative least-recently-used, per access;
+  rowcache-lru   the project's RowCache (16-way sets, one token per batch), LRU;
+  rowcache-lfu   the same with LFU + decay;
+  order3-aging   LRU where 3-gram rows age 4x faster than 2-gram rows;
+  lookahead-W    LRU that keeps rows needed by the next W tokens (known once their requests are
+                 admitted: a prefill batch of 64 x 1,024 tokens knows 65,536 tokens ahead);
+  two-tier       RowCache-LRU on the device plus a RowCache-LRU host tier 10x larger (the share of
+                 accesses served by either);
+  belady         Belady's MIN, the clairvoyant optimum of each size;
+  infinite       the ceiling of any size (every access but a row's first).
+Sizes are fractions of the layer's table. One JSON row per (corpus, layer, policy, size) and one
+PNG per corpus.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model_client import EngramConfig, NgramHasher
+from model_client.corpus import CHINESE, ENGLISH, corpus_file, read_lines
+
+from . import cache_sim
+from .report import machine, write_rows
+from .rowcache_sim import replay
+
+DEFAULT_SIZES = [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.3]
+
+
+@dataclass
+class HitRateConfig:
+    corpora: list[str] = field(default_factory=lambda: [ENGLISH, CHINESE], metadata={
+        "help": "text files, or names inside the shared corpora (en/brown.txt, zh/msra_news.txt)"})
+    tokens: int = field(default=1_000_000, metadata={"help": "tokens per corpus"})
+    config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file"})
+    tokenizer: str = field(default="", metadata={"help": "tokenizer.json to use (default: the config's)"})
+    seq_len: int = field(default=1024, metadata={"help": "tokens per sequence (the hash restarts each one)"})
+    sizes: list[float] = field(default_factory=lambda: list(DEFAULT_SIZES), metadata={
+        "type": float, "help": "cache sizes as fractions of the table"})
+    windows: list[int] = field(default_factory=lambda: [8192, 65536], metadata={
+        "type": int, "help": "lookahead windows, tokens"})
+    processes: int = field(default=2, metadata={"help": "(corpus, layer) jobs run in parallel"})
+    out: str = field(default="bench/results/hit_rate.json", metadata={"help": "JSON output; PNGs beside it"})
+
+    def __post_init__(self):
+        if self.tokens < 1 or self.seq_len < 1 or self.processes < 1:
+            raise ValueError("HitRateConfig.tokens, seq_len and processes must be >= 1")
+        if not self.sizes or not all(0 < s <= 1 for s in self.sizes):
+            raise ValueError(f"HitRateConfig.sizes must be fractions in (0, 1] (got {self.sizes})")
+
+
+def corpus_path(name: str) -> Path:
+    path = Path(name) if Path(name).is_file() else corpus_file(name)
+    if path is None:
+        raise ValueError(f"corpus {name!r} not found (a file, or a name under the shared corpora: set ENGRAM_CORPORA)")
+    return path
+
+
+def traces(cfg: HitRateConfig, name: str) -> tuple[dict, int, dict]:
+    """{layer: int64 row ids in access order}, tokens used, {layer: table rows}."""
+    config = EngramConfig.load(cfg.config)
+    if cfg.tokenizer:
+        config = config.replace(tokenizer=cfg.tokenizer)
+    hasher = NgramHasher(config)
+    ids, chars = np.empty(0, dtype=np.int64), 6 * cfg.tokens
+    while len(ids) < cfg.tokens:
+        lines = read_lines(corpus_path(name), chars)
+        ids = np.fromiter((i for row in hasher.tokenizer.encode_batch(lines) for i in row), dtype=np.int64)
+        if chars > 10 * 6 * cfg.tokens or sum(map(len, lines)) < chars:
+            break  # the whole file is shorter than asked
+        chars *= 2
+    ids = ids[:cfg.tokens - cfg.tokens % cfg.seq_len] if len(ids) >= cfg.seq_len else ids
+    seqs = ids.reshape(-1, cfg.seq_len) if len(ids) % cfg.seq_len == 0 else ids[None]
+    out = {}
+    for start in range(0, len(seqs), 64):  # hash in slices of 64 sequences to bound memory
+        for layer, idx in hasher.hash(seqs[start:start + 64]).items():
+            out.setdefault(layer, []).append(hasher.row_ids(layer, idx).reshape(-1))
+    return ({layer: np.concatenate(v) for layer, v in out.items()}, int(seqs.size),
+            {layer: hasher.geometry.rows(layer) for layer in config.layer_ids})
+
+
+def _job(args) -> list[dict]:
+    cfg, name, layer = args
+    t0 = time.perf_counter()
+    all_traces, tokens, rows = traces(cfg, name)
+    trace, table_rows = all_traces[layer], rows[layer]
+    columns = len(trace) // tokens
+    n = len(trace)
+    bounds = np.arange(0, n + 1, columns)  # one token per RowCache batch
+    order3 = np.tile((np.arange(columns) >= columns // 2).astype(np.int64), tokens)  # 2 orders x K heads
+    base = {"corpus": Path(name).name, "tokens": tokens, "layer": layer, "table_rows": table_rows, "accesses": n}
+    results = [{**base, "policy": "infinite", "cache_fraction": 1.0, "cache_rows": table_rows,
+                "hit_rate": cache_sim.infinite_hits(trace) / n}]
+    for frac in cfg.sizes:
+        c = int(frac * table_rows)
+        rates = {"lru": cache_sim.lru_hits(trace, c) / n, "belady": cache_sim.opt_hits(trace, c) / n,
+                 "order3-aging": cache_sim.lookahead_hits(trace, c, 0, np.where(order3 == 1, 4, 1)) / n}
+        for window in cfg.windows:
+            rates[f"lookahead-{window}"] = cache_sim.lookahead_hits(trace, c, window * columns) / n
+        for policy in ("lru", "lfu"):
+            hits, _, _ = replay(trace, bounds, c, policy=policy)
+            rates[f"rowcache-{policy}"] = hits.mean()
+            if policy == "lru":
+                device_miss = ~hits
+                sub = trace[device_miss]
+                sub_bounds = np.concatenate([[0], np.cumsum(device_miss.reshape(-1, columns).sum(axis=1))])
+                host_hits, _, _ = replay(sub, sub_bounds, min(10 * c, table_rows))
+                rates["two-tier (host 10x)"] = (hits.sum() + host_hits.sum()) / n
+        for policy, rate in rates.items():
+            results.append({**base, "policy": policy, "cache_fraction": frac, "cache_rows": c, "hit_rate": float(rate),
+                            "share_of_belady": float(rate / rates["belady"]) if rates["belady"] else None})
+    print(f"  {base['corpus']} layer {layer}: {len(cfg.sizes)} sizes in {time.perf_counter() - t0:.0f} s", flush=True)
+    return results
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    layers = sorted({r["layer"] for r in rows})
+    fig, axes = plt.subplots(1, len(layers), figsize=(6.5 * len(layers), 4.8), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        mine = [r for r in rows if r["layer"] == layer]
+        for policy in dict.fromkeys(r["policy"] for r in mine if r["policy"] != "infinite"):
+            pts = sorted((r["cache_fraction"], r["hit_rate"]) for r in mine if r["policy"] == policy)
+            style = {"belady": "k-", "lru": "C0--"}.get(policy, "-")
+            ax.plot([100 * x for x, _ in pts], [y for _, y in pts], style, marker="o", ms=3, label=policy)
+        ceiling = next(r["hit_rate"] for r in mine if r["policy"] == "infinite")
+        ax.axhline(ceiling, color="gray", ls=":", label="infinite cache")
+        ax.set_xscale("log")
+        ax.set_xlabel("cache size, % of the layer's table")
+        ax.set_ylabel("hit rate (per row access)")
+        ax.set_title(f"{mine[0]['corpus']}, layer {layer}, {mine[0]['tokens']:,} tokens")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: HitRateConfig) -> int:
+    config = EngramConfig.load(cfg.config)
+    jobs = [(cfg, name, layer) for name in cfg.corpora for layer in config.layer_ids]
+    for name in cfg.corpora:
+        corpus_path(name)  # fail before the long work
+    print(f"hit-rate: {len(jobs)} (corpus, layer) jobs, {len(cfg.sizes)} sizes each ...", flush=True)
+    with mp.get_context("spawn").Pool(min(cfg.processes, len(jobs))) as pool:
+        rows = [row for part in pool.map(_job, jobs) for row in part]
+    info = machine()
+    rows = [{"bench": "hit_rate", **r, **info} for r in rows]
+    out = write_rows(rows, cfg.out)
+    for name in cfg.corpora:
+        mine = [r for r in rows if r["corpus"] == Path(name).name]
+        png = out.with_name(f"hit_rate_{Path(name).stem}.png")
+        plot(mine, png)
+        print(f"wrote {png}")
+    print_summary(rows)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_summary(rows: list[dict]) -> None:
+    for corpus in dict.fromkeys(r["corpus"] for r in rows):
+        for layer in sorted({r["layer"] for r in rows if r["corpus"] == corpus}):
+            mine = [r for r in rows if r["corpus"] == corpus and r["layer"] == layer and r["policy"] != "infinite"]
+            sizes = sorted({r["cache_fraction"] for r in mine})
+            print(f"\n{corpus} layer {layer}: hit rate (share of Belady)")
+            print(f"{'policy':<22}" + "".join(f"{f'{100 * s:g}%':>16}" for s in sizes))
+            for policy in dict.fromkeys(r["policy"] for r in mine):
+                cells = []
+                for s in sizes:
+                    r = next(x for x in mine if x["policy"] == policy and x["cache_fraction"] == s)
+                    cells.append(f"{r['hit_rate']:.3f} ({r['share_of_belady']:.0%})")
+                print(f"{policy:<22}" + "".join(f"{c:>16}" for c in cells))
