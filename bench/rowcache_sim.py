@@ -8,40 +8,67 @@ import numpy as np
 
 from model_client.row_cache import _GOLDEN
 
-_POLICY = {"lru": 0, "lfu": 1}
+_POLICY = {"lru": 0, "lfu": 1, "lookahead": 2}
+_NO_USE = np.int64(1) << 50
 
 
 @numba.njit(cache=True)
-def _replay(ids, bounds, num_sets, ways, policy, decay_every, hit_out):
+def _find(tags, x, s, ways):
+    for w in range(ways):
+        if tags[s * ways + w] == x:
+            return s * ways + w
+    return -1
+
+
+@numba.njit(cache=True)
+def _replay(ids, bounds, num_sets, ways, policy, decay_every, window, next_batch, hit_out):
+    """next_batch[j]: the batch of the next access to ids[j] after batch_of(j), or a huge value."""
     n_slots = num_sets * ways
     tags = np.full(n_slots, -1, dtype=np.int64)
     stamp = np.zeros(n_slots, dtype=np.int64)
     uses = np.zeros(n_slots, dtype=np.int64)
+    upcoming = np.full(n_slots, _NO_USE, dtype=np.int64)
     tick, evictions = 0, 0
     scores = np.empty(ways, dtype=np.int64)
-    for b in range(len(bounds) - 1):
+    n_batches = len(bounds) - 1
+    for b in range(n_batches):
+        if policy == 2 and b + window < n_batches:  # reveal batch b + window (announce, before lookup)
+            r = b + window
+            when = r + 1
+            for x in np.unique(ids[bounds[r]:bounds[r + 1]]):
+                slot = _find(tags, x, ((x * _GOLDEN) >> 32) & (num_sets - 1), ways)
+                if slot >= 0:
+                    cur = upcoming[slot]
+                    if not (cur > tick and cur < when):
+                        upcoming[slot] = when
         tick += 1
         if policy == 1 and tick % decay_every == 0:
             for k in range(n_slots):
                 uses[k] >>= 1
         lo, hi = bounds[b], bounds[b + 1]
         batch = np.unique(ids[lo:hi])  # a batch is a set of distinct ids, ascending (as torch.unique)
+        known = np.full(len(batch), _NO_USE, dtype=np.int64)
+        for j in range(lo, hi):  # the last occurrence in the batch knows the next batch
+            k = np.searchsorted(batch, ids[j])
+            nb = next_batch[j]
+            known[k] = nb + 1 if nb <= b + window else _NO_USE
         miss_ids = np.empty(len(batch), dtype=np.int64)
         miss_sets = np.empty(len(batch), dtype=np.int64)
+        miss_known = np.empty(len(batch), dtype=np.int64)
         n_miss = 0
-        for x in batch:
+        for q in range(len(batch)):
+            x = batch[q]
             s = ((x * _GOLDEN) >> 32) & (num_sets - 1)
-            found = -1
-            for w in range(ways):
-                if tags[s * ways + w] == x:
-                    found = s * ways + w
-                    break
+            found = _find(tags, x, s, ways)
             if found >= 0:
                 stamp[found] = tick
                 uses[found] += 1
+                if policy == 2:
+                    upcoming[found] = known[q]
             else:
                 miss_ids[n_miss] = x
                 miss_sets[n_miss] = s
+                miss_known[n_miss] = known[q]
                 n_miss += 1
         # misses grouped by set in batch order; the k-th miss of a set takes its k-th best victim,
         # victims ordered by the scores at the start of the insert (as RowCache computes them)
@@ -58,8 +85,12 @@ def _replay(ids, bounds, num_sets, ways, policy, decay_every, hit_out):
                         score = -1
                     elif policy == 0:
                         score = stamp[slot]
-                    else:
+                    elif policy == 1:
                         score = (min(uses[slot], 1 << 16) << 40) | stamp[slot]
+                    elif upcoming[slot] > tick and upcoming[slot] < _NO_USE:
+                        score = (1 << 41) + (1 << 40) - upcoming[slot]
+                    else:
+                        score = stamp[slot]
                     scores[w] = score * ways + w
                 ranked[:] = np.argsort(scores)
                 k, prev = 0, s
@@ -70,6 +101,7 @@ def _replay(ids, bounds, num_sets, ways, policy, decay_every, hit_out):
                 tags[slot] = miss_ids[i]
                 stamp[slot] = tick
                 uses[slot] = 1
+                upcoming[slot] = miss_known[i] if policy == 2 else _NO_USE
             k += 1
         for j in range(lo, hi):  # per-access hit marks: an id hits if it was present at batch start
             x = ids[j]
@@ -82,13 +114,26 @@ def _replay(ids, bounds, num_sets, ways, policy, decay_every, hit_out):
     return evictions
 
 
+def next_batches(ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """For each access, the batch of the next access to the same id (a huge value if none)."""
+    from .cache_sim import next_use
+    batch_of = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    nxt = next_use(ids)
+    out = np.full(len(ids), 1 << 40, dtype=np.int64)
+    has = nxt < len(ids)
+    out[has] = batch_of[nxt[has]]
+    return out
+
+
 def replay(ids: np.ndarray, bounds: np.ndarray, capacity_rows: int, ways: int = 16, policy: str = "lru",
-           decay_every: int = 1024) -> tuple[np.ndarray, int, int, int]:
-    """(per-access hit mask, num_sets, evictions, distinct-id hits) for a RowCache of
-    capacity_rows // ways // power-of-two sets. bounds: batch boundaries into ids (len = batches + 1)."""
+           decay_every: int = 1024, window: int = 0) -> tuple[np.ndarray, int, int]:
+    """(per-access hit mask, num_sets, evictions) for a RowCache of capacity_rows // ways sets
+    (rounded down to a power of two). bounds: batch boundaries into ids (len = batches + 1).
+    lookahead: each batch is announced `window` batches before it is read."""
     sets = capacity_rows // ways
     num_sets = 1 << (sets.bit_length() - 1)
     hits = np.zeros(len(ids), dtype=np.bool_)
-    evictions = _replay(ids.astype(np.int64), bounds.astype(np.int64), num_sets, ways, _POLICY[policy],
-                        decay_every, hits)
+    ids, bounds = ids.astype(np.int64), bounds.astype(np.int64)
+    nb = next_batches(ids, bounds) if policy == "lookahead" else np.zeros(len(ids), dtype=np.int64)
+    evictions = _replay(ids, bounds, num_sets, ways, _POLICY[policy], decay_every, window, nb, hits)
     return hits, num_sets, int(evictions)

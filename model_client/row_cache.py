@@ -7,7 +7,11 @@ within their set, and gives the k-th miss of a set the k-th best victim of that 
 victims: empty slots first, then
   lru: least recently used;
   lfu: fewest uses, ties broken by least recent; counts halve every `decay_every` batches so that
-       rows popular long ago age out (a frequency sketch with decay, per slot).
+       rows popular long ago age out (a frequency sketch with decay, per slot);
+  lookahead: rows with no known future use first (least recent first), then rows whose next known
+       use is farthest. Future uses come from `announce` (rows of batches already admitted, e.g. the
+       prompts of a prefill batch) and from the next_use given with lookup/insert. With no
+       announcements it is LRU; announced far enough ahead it is Belady's optimum.
 Batch semantics (which the brute-force reference in the tests and the hit-rate simulator share): a
 batch is a set of distinct ids; hits are ids present when the batch starts; hits are touched, then
 misses are inserted, all with the batch's tick.
@@ -23,7 +27,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-POLICIES = ("lru", "lfu")
+POLICIES = ("lru", "lfu", "lookahead")
+NO_USE = 1 << 50  # next_use of a row with no known future use
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
 
 
@@ -70,6 +75,7 @@ class RowCache:
         self.stamp = torch.zeros(n + 1, dtype=torch.int64, device=self.device)
         self.uses = torch.zeros(n + 1, dtype=torch.int64, device=self.device)
         self.pins = torch.zeros(n + 1, dtype=torch.int32, device=self.device)
+        self.next_use = torch.full((n + 1,), NO_USE, dtype=torch.int64, device=self.device)  # a tick
         self.tick = 0
         self._counts = torch.zeros(6, dtype=torch.int64, device=self.device)  # lookups, hits, inserts,
         # evictions, bypassed, (unused): summed on the device, read by `stats`
@@ -91,9 +97,10 @@ class RowCache:
         return ((ids * _GOLDEN) >> 32) & (self.num_sets - 1)
 
     # ---- batch operations -----------------------------------------------------------------------------
-    def lookup(self, ids: torch.Tensor, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, ids: torch.Tensor, pin: bool = False, next_use: torch.Tensor | None = None):
         """Distinct int64 ids [N] -> (hit bool [N], slot int64 [N]: the row's slot, or `trash` on a
-        miss). Starts a batch: advances the tick and touches the hits (pinning them if asked)."""
+        miss). Starts a batch: advances the tick and touches the hits (pinning them if asked).
+        next_use [N]: each id's next known use as a future tick (NO_USE: none), for `lookahead`."""
         self.tick += 1
         if self.policy == "lfu" and self.tick % self.decay_every == 0:
             self.uses >>= 1
@@ -106,11 +113,14 @@ class RowCache:
         self.uses.index_add_(0, slot, hit.long())
         if pin:
             self.pins.index_add_(0, slot, hit.int())
+        if next_use is not None:
+            self.next_use.index_copy_(0, slot, next_use.to(self.device))
         self._counts[0] += len(ids)
         self._counts[1] += hit.sum()
         return hit, slot
 
-    def insert(self, ids: torch.Tensor, rows: torch.Tensor, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def insert(self, ids: torch.Tensor, rows: torch.Tensor, pin: bool = False,
+               next_use: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Insert distinct missing ids [N] with their rows [N, row_bytes] (after `lookup` of the same
         batch). Returns (inserted bool [N], slot int64 [N], `trash` where not inserted); ids not
         inserted were bypassed."""
@@ -135,6 +145,10 @@ class RowCache:
         self.data.index_copy_(0, target, rows[order])
         self.stamp.index_fill_(0, target, self.tick)
         self.uses.index_fill_(0, target, 1)
+        if next_use is None:
+            self.next_use.index_fill_(0, target, NO_USE)
+        else:
+            self.next_use.index_copy_(0, target, next_use.to(self.device)[order])
         if pin:
             self.pins.index_add_(0, target, ok.int())
         self.tags[self.trash] = -1
@@ -157,8 +171,12 @@ class RowCache:
         pinned = self._rows_of(self.pins, sets) > 0
         if self.policy == "lru":
             score = self._rows_of(self.stamp, sets)
-        else:  # lfu: uses first, then recency (stamps stay below 2**40, uses are capped at 2**16)
+        elif self.policy == "lfu":  # uses first, then recency (stamps stay below 2**40, uses capped at 2**16)
             score = (self._rows_of(self.uses, sets).clamp(max=1 << 16) << 40) | self._rows_of(self.stamp, sets)
+        else:  # lookahead: unknown future first by recency, then known uses, farthest first
+            upcoming = self._rows_of(self.next_use, sets)
+            known = (upcoming > self.tick) & (upcoming < NO_USE)
+            score = torch.where(known, (1 << 41) + (1 << 40) - upcoming, self._rows_of(self.stamp, sets))
         score = torch.where(self._rows_of(self.tags, sets) < 0, -1, score)
         score = torch.where(pinned, 1 << 57, score)
         # way index in the low bits: scores are distinct, so a plain (faster) argsort orders them as a
@@ -176,6 +194,18 @@ class RowCache:
         slots = slots.to(self.device)
         self.pins.index_add_(0, slots, torch.full(slots.shape, -1, dtype=torch.int32, device=self.device))
         self.pins[self.trash] = 0
+
+    def announce(self, ids: torch.Tensor, when: int) -> None:
+        """Distinct ids a batch at tick `when` (> tick) will read: cached ones keep the earlier of
+        their known next use and `when` (the lookahead policy protects them until then)."""
+        ids = ids.to(self.device)
+        sets = self.set_of(ids)
+        match = self._rows_of(self.tags, sets) == ids[:, None]
+        slot = torch.where(match.any(dim=1), sets * self.ways + match.int().argmax(dim=1), self.trash)
+        current = self.next_use[slot]
+        valid = (current > self.tick) & (current < when)
+        self.next_use.index_copy_(0, slot, torch.where(valid, current, when))
+        self.next_use[self.trash] = NO_USE
 
     def contains(self, ids: torch.Tensor) -> torch.Tensor:
         """Presence without touching anything (for tests and tools)."""

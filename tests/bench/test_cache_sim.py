@@ -83,3 +83,34 @@ def test_hit_rate_bench_writes_rows_and_plots(tmp_path):
         if r["policy"] not in ("infinite",):
             assert 0 <= r["hit_rate"] <= 1 and r["share_of_belady"] <= 1.0 + 1e-9 or r["policy"] == "two-tier (host 10x)"
     assert (tmp_path / "hit_rate_small.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("window", [0, 3, 40])
+def test_lookahead_replay_equals_the_row_cache_fed_announcements(window):
+    """The RowCache lookahead policy, told each batch `window` batches ahead (as a prefetcher does
+    for admitted requests), counts exactly what the replay counts."""
+    from bench.rowcache_sim import next_batches
+    from model_client.row_cache import NO_USE
+    ids = (np.random.default_rng(9).zipf(1.2, 24_000) % 3000) * 7919
+    bounds = np.arange(0, len(ids) + 1, 16)
+    hits, _, evictions = replay(ids, bounds, 128 * 16, policy="lookahead", window=window)
+    nb = next_batches(ids, bounds)
+    cache = RowCache(128 * 16 * 8, 8, "cpu", "lookahead", ways=16)
+    batches = len(bounds) - 1
+    for b in range(batches):
+        if b + window < batches:
+            r = b + window
+            cache.announce(torch.unique(torch.from_numpy(ids[bounds[r]:bounds[r + 1]])), r + 1)
+        lo, hi = bounds[b], bounds[b + 1]
+        batch, inverse = np.unique(ids[lo:hi], return_inverse=True)
+        last = np.zeros(len(batch), dtype=np.int64)
+        last[inverse] = np.arange(lo, hi)  # the last occurrence of each id wins, as in the replay
+        known = np.where(nb[last] <= b + window, nb[last] + 1, NO_USE)
+        batch, known = torch.from_numpy(batch), torch.from_numpy(known)
+        hit, _ = cache.lookup(batch, next_use=known)
+        cache.insert(batch[~hit], torch.zeros(int((~hit).sum()), 8, dtype=torch.uint8), next_use=known[~hit])
+    distinct_hits = sum(len(np.unique(ids[lo:hi][hits[lo:hi]])) for lo, hi in zip(bounds[:-1], bounds[1:]))
+    assert cache.stats.hits == distinct_hits and cache.stats.evictions == evictions
+    if window:
+        lru_hits, _, _ = replay(ids, bounds, 128 * 16, policy="lru")
+        assert hits.sum() > lru_hits.sum()
