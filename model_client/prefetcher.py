@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .hasher import LookbackState, NgramHasher
+from .row_cache import NO_USE
 from .tiers import CacheTier, fetch
 
+_TICKS = 1 << 22  # announced ticks are kept as id * _TICKS + tick: row ids up to 2**41
 
 class Prefetcher:
     def __init__(self, hasher: NgramHasher, store, device="cpu", device_cache_bytes: int = 64 << 20,
@@ -33,8 +35,35 @@ class Prefetcher:
         self.lower_tiers = [t for t in (self.host_tier, store) if t is not None]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
         self.current: Step | None = None
+        self.future: dict[int, torch.Tensor] = {}  # per layer: sorted id * _TICKS + tick of announced uses
         self.exposed_wait_s: dict[int, list[float]] = defaultdict(list)  # per layer, one per step
         self.store_rows: dict[int, int] = defaultdict(int)                # rows read from below the device
+
+    def announce(self, batches: list[torch.Tensor]) -> None:
+        """Admitted work: token ids [B, T] of the next forward passes, in the order they will start
+        (fresh sequences, e.g. the prefill groups of a batch of prompts). With the lookahead policy
+        the device cache keeps rows those passes will read until they have read them."""
+        if self.device_tier.caches and next(iter(self.device_tier.caches.values())).policy != "lookahead":
+            return
+        self.future = {}
+        for k, ids in enumerate(batches, start=1):
+            stacked = self.hasher.row_ids_stacked(self.hasher.hash_stacked(ids.to(self.device)))
+            for i, layer in enumerate(self.layers):
+                cache = self.device_tier.caches[self.tables[layer]]
+                unique = torch.unique(stacked[i].reshape(-1))
+                when = cache.tick + k  # each forward pass ticks every layer's cache once
+                cache.announce(unique, when)
+                self.future.setdefault(layer, []).append(unique * _TICKS + when)
+        self.future = {layer: torch.sort(torch.cat(keys)).values for layer, keys in self.future.items()}
+
+    def next_use(self, layer: int, ids: torch.Tensor, after: int) -> torch.Tensor | None:
+        """Each id's first announced use after tick `after` (NO_USE if none); None without announcements."""
+        keys = self.future.get(layer) if self.future else None
+        if keys is None:
+            return None
+        at = torch.searchsorted(keys, ids * _TICKS + after + 1).clamp(max=len(keys) - 1)
+        found = keys[at]
+        return torch.where(found // _TICKS == ids, found % _TICKS, NO_USE)
 
     def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None) -> "Step":
         """Hash, probe and launch the fetches of one forward pass; the step becomes `current`."""
@@ -55,10 +84,12 @@ class Step:
             table = prefetcher.tables[layer]
             unique, inverse = torch.unique(row_ids[i].reshape(-1), return_inverse=True)
             cache = prefetcher.device_tier.caches[table]
-            hit, slot = cache.lookup(unique, pin=True)  # pinned until this step's layer has read them
+            upcoming = prefetcher.next_use(layer, unique, cache.tick + 1)  # announced later uses
+            hit, slot = cache.lookup(unique, pin=True, next_use=upcoming)  # pinned until read
             hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # the step's syncs
-            self.parts[layer] = (table, unique, inverse, slot, hit_at, miss_at)
-        for layer, (table, unique, *_, miss_at) in self.parts.items():  # the first layer's rows first
+            self.parts[layer] = (table, unique, inverse, slot, hit_at, miss_at,
+                                 None if upcoming is None else upcoming[miss_at])
+        for layer, (table, unique, _, _, _, miss_at, _) in self.parts.items():  # the first layer's rows first
             self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer)
 
     def _read_below(self, table: str, miss: torch.Tensor, layer: int) -> torch.Tensor:
@@ -77,7 +108,7 @@ class Step:
 
     def rows(self, layer: int) -> torch.Tensor:
         """uint8 [B, T, columns, row_bytes] on the device; waits only for this layer's rows."""
-        table, unique, inverse, slot, hit_at, miss_at = self.parts.pop(layer)
+        table, unique, inverse, slot, hit_at, miss_at, miss_upcoming = self.parts.pop(layer)
         t0 = time.perf_counter()
         below = self.futures.pop(layer).result()
         self.p.exposed_wait_s[layer].append(time.perf_counter() - t0)
@@ -86,7 +117,7 @@ class Step:
         rows = torch.empty(len(unique), cache.row_bytes, dtype=torch.uint8, device=cache.device)
         rows.index_copy_(0, hit_at, cache.gather(slot[hit_at]))
         rows.index_copy_(0, miss_at, miss_rows)
-        cache.insert(unique[miss_at], miss_rows)  # misses a full set cannot take are served from miss_rows
+        cache.insert(unique[miss_at], miss_rows, next_use=miss_upcoming)  # a full set's misses: from miss_rows
         cache.release(slot)                        # the hits' pins (misses point at the trash slot)
         return rows[inverse].view(*self.row_ids(layer).shape, cache.row_bytes)
 

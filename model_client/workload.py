@@ -97,6 +97,8 @@ class Runner:
         logits = []
         self._sync()
         t0 = time.perf_counter()
+        if self.prefetcher is not None:  # the prompts are admitted: tell the cache what is coming
+            self.prefetcher.announce([ids[g:g + group, :int(lengths[g:g + group].max())] for g in range(0, B, group)])
         for g in range(0, B, group):  # each group writes its rows of the shared caches and states
             rows = slice(g, g + group)
             n = lengths[rows]

@@ -47,3 +47,16 @@ def test_demo_command_runs_end_to_end(tmp_path, tiny_json):
     assert "RANDOM weights" in done.stdout and "exposed wait" in done.stdout
     bad = subprocess.run([executable(), "demo", "--no-e2e", "--policy", "fifo"], capture_output=True, text=True)
     assert bad.returncode == 2 and "WorkerConfig.policy" in bad.stderr
+
+
+def test_lookahead_policy_beats_lru_and_keeps_outputs_exact(tmp_path, tiny_json):
+    """With the prompts of a batch announced, the device cache keeps what later prefill groups
+    need: more hits than LRU at the same (small) size, outputs still bit-identical."""
+    rates = {}
+    for policy in ("lru", "lookahead"):
+        out = run_comparison(worker(tmp_path, tiny_json, policy=policy, prefill_batch=1, sequences=4,
+                                    min_len=200, max_len=200, device_cache_mb=1, host_cache_mb=0, repeats=1),
+                             log=lambda *_: None)
+        assert out["outputs_match"] is True
+        rates[policy] = out["device_cache_hit_rate"]
+    assert rates["lookahead"] > rates["lru"], rates
