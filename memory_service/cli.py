@@ -69,6 +69,12 @@ def _bench_hit_rate(args) -> int:
     return run(dataclass_from_args(HitRateConfig, args))
 
 
+def _bench_scale(args) -> int:
+    from bench.scale import ScaleBenchConfig, run
+    from model_client.flags import dataclass_from_args
+    return run(dataclass_from_args(ScaleBenchConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench.hashing import HashingBenchConfig
     from bench.service import ServiceBenchConfig
@@ -158,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.hit_rate import HitRateConfig
     add_dataclass_flags(hit_rate, HitRateConfig)
     hit_rate.set_defaults(func=_bench_hit_rate)
+    scale = benches.add_parser(
+        "scale", help="the service as the table outgrows RAM: throughput, latency, disk reads",
+        description="Tables of growing size (default 1 to 32 GiB) served from a cold page cache to "
+                    "clients replaying real text through a 1% device cache: rows/s, latency, disk "
+                    "reads and page-cache misses per size. JSON and a PNG.")
+    from bench.scale import ScaleBenchConfig
+    add_dataclass_flags(scale, ScaleBenchConfig)
+    scale.set_defaults(func=_bench_scale)
     return parser
 
 

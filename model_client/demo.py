@@ -112,7 +112,7 @@ def run(demo: DemoConfig, worker=None) -> int:
 
         from .e2e import WorkerConfig, report, run_comparison
         worker = dataclasses.replace(worker or WorkerConfig(), config=demo.config)
-        print(f"\nend to end: the demo model with local tables vs tables in the memory service (--no-e2e skips)")
+        print("\nend to end: the demo model with local tables vs tables in the memory service (--no-e2e skips)")
         out = run_comparison(worker)
         print("\n" + report(out))
         return 0 if out["outputs_match"] else 1
