@@ -63,6 +63,19 @@ def _heap_pop(keys, vals, size):
 
 
 @numba.njit(cache=True)
+def _compact(keys, vals, size, current, cached):
+    live = 0
+    for j in range(size):
+        if cached[vals[j]] and current[vals[j]] == keys[j]:
+            keys[live], vals[live] = keys[j], vals[j]
+            live += 1
+    size = 0
+    for j in range(live):
+        size = _heap_push(keys, vals, size, keys[j], vals[j])
+    return size
+
+
+@numba.njit(cache=True)
 def _priority_cache(dense, priority, capacity, heap_room):
     """Hits of a cache evicting the resident row with the largest priority, where `priority[i]` is
     the key access i gives its row (a later access of the row replaces it: lazy deletion)."""
@@ -87,15 +100,8 @@ def _priority_cache(dense, priority, capacity, heap_room):
             resident += 1
         current[row] = priority[i]
         cached[row] = True
-        if size == heap_room:  # compact: keep only live entries
-            live = 0
-            for j in range(size):
-                if cached[vals[j]] and current[vals[j]] == keys[j]:
-                    keys[live], vals[live] = keys[j], vals[j]
-                    live += 1
-            size = 0
-            for j in range(live):
-                size = _heap_push(keys, vals, size, keys[j], vals[j])
+        if size == heap_room:  # keep only live entries
+            size = _compact(keys, vals, size, current, cached)
         size = _heap_push(keys, vals, size, priority[i], row)
     return hits
 
@@ -167,19 +173,6 @@ def _lookahead_cache(dense, nxt, capacity, window, age_weight, heap_room):
             size = _compact(keys, vals, size, current, cached)
         size = _heap_push(keys, vals, size, key, row)
     return hits
-
-
-@numba.njit(cache=True)
-def _compact(keys, vals, size, current, cached):
-    live = 0
-    for j in range(size):
-        if cached[vals[j]] and current[vals[j]] == keys[j]:
-            keys[live], vals[live] = keys[j], vals[j]
-            live += 1
-    size = 0
-    for j in range(live):
-        size = _heap_push(keys, vals, size, keys[j], vals[j])
-    return size
 
 
 def lookahead_hits(trace: np.ndarray, capacity: int, window: int, age_weight: np.ndarray | None = None) -> int:

@@ -3,7 +3,9 @@ co-located LMDB) against the same model holding its tables, prefill and decode, 
 wait as a share of step time; cache hit rates. One JSON row per run of the command."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_client.e2e import WorkerConfig, report, run_comparison
@@ -11,8 +13,15 @@ from model_client.e2e import WorkerConfig, report, run_comparison
 from .report import machine
 
 
-def run(cfg: WorkerConfig, out: str) -> int:
-    result = {"bench": "e2e", **run_comparison(cfg), **machine()}
+@dataclass
+class E2EBenchConfig(WorkerConfig):
+    out: str = field(default="bench/results/e2e.json", metadata={"help": "JSON file to append a row to"})
+
+
+def run(cfg: E2EBenchConfig) -> int:
+    worker = WorkerConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(WorkerConfig)})
+    out = cfg.out
+    result = {"bench": "e2e", **run_comparison(worker), **machine()}
     print("\n" + report(result))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,7 @@ import numpy as np
 from model_client import EngramConfig, NgramHasher
 from model_client.corpus import CHINESE, ENGLISH, corpus_file, read_lines
 
-from . import cache_sim
 from .report import machine, write_rows
-from .rowcache_sim import replay
 
 DEFAULT_SIZES = [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.3]
 
@@ -93,6 +91,8 @@ def traces(cfg: HitRateConfig, name: str) -> tuple[dict, int, dict]:
 
 
 def _job(args) -> list[dict]:
+    from . import cache_sim
+    from .rowcache_sim import replay
     cfg, name, layer = args
     t0 = time.perf_counter()
     all_traces, tokens, rows = traces(cfg, name)

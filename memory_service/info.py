@@ -64,3 +64,21 @@ def run_info(cfg: InfoConfig) -> int:
         return 1 if failed else 0
     finally:
         store.close()
+
+
+@dataclass
+class DropConfig:
+    db: str = field(default="", metadata={"required": True, "help": "LMDB table store directory"})
+    table: str = field(default="", metadata={"required": True, "help": "table name, e.g. layer1"})
+    version: int = field(default=0, metadata={"required": True, "type": int, "help": "version number (see `info`)"})
+    force: bool = field(default=False, metadata={"help": "also drop the published version"})
+
+
+def run_drop(cfg: DropConfig) -> int:
+    store = TableStore(cfg.db)
+    try:
+        store.drop(cfg.table, cfg.version, force=cfg.force)
+    finally:
+        store.close()
+    print(f"dropped {cfg.table} v{cfg.version}")
+    return 0

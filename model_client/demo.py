@@ -5,6 +5,7 @@ rows repeat, and reports the table geometry of the demo, paper and DeepSeek-V4.1
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 
 from .config import PRESETS, EngramConfig
 from .corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpora_dir, corpus_file, read_lines
+from .e2e import WorkerConfig
 from .geometry import TableGeometry
 from .hasher import NgramHasher
 from .tokenizer import CompressedTokenizer
@@ -108,12 +110,25 @@ def run(demo: DemoConfig, worker=None) -> int:
               f"{geo.total_bytes / 2**30:>7.1f} GiB")
     print("\nB/token: row bytes one token reads across all its Engram layers (columns x row bytes).")
     if demo.e2e:
-        import dataclasses
-
-        from .e2e import WorkerConfig, report, run_comparison
+        from .e2e import report, run_comparison
         worker = dataclasses.replace(worker or WorkerConfig(), config=demo.config)
         print("\nend to end: the demo model with local tables vs tables in the memory service (--no-e2e skips)")
         out = run_comparison(worker)
         print("\n" + report(out))
         return 0 if out["outputs_match"] else 1
     return 0
+
+
+@dataclass
+class DemoCommand(WorkerConfig, DemoConfig):
+    """`engram-memory demo`'s flags: the hashing report's (DemoConfig) and the worker's (WorkerConfig)."""
+
+    def __post_init__(self):
+        DemoConfig.__post_init__(self)
+        WorkerConfig.__post_init__(self)
+
+
+def run_command(cmd: DemoCommand) -> int:
+    demo = DemoConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(DemoConfig)})
+    worker = WorkerConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(WorkerConfig)})
+    return run(demo, worker)

@@ -61,3 +61,25 @@ def test_bench_hashing_writes_json(tmp_path):
         ("numpy", 4096), ("torch", 4096), ("numpy", 65536), ("torch", 65536)}
     assert all(r["tokens_per_s"] > 0 for r in hashes)
     assert {r["mode"] for r in rows if r["bench"] == "compression_build"} == {"cold", "cached"}
+
+
+def test_service_commands_need_no_torch(tmp_path):
+    """The memory service's image has no torch: load, serve, info and drop must not import it."""
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"engram_vocab_size": [3000, 3000], "n_embed_per_ngram": 64,
+                                  "n_head_per_ngram": 2, "layer_ids": [1, 2]}))
+    db = str(tmp_path / "db")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from memory_service.cli import main\n"
+            "for cmd in (['serve', '--help'], ['load', '--help'], ['info', '--help'], ['drop', '--help']):\n"
+            "    try:\n"
+            "        main(cmd)\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0, cmd\n"
+            f"assert main(['load', '--db', {db!r}, '--config', {str(config)!r}, '--random-init', '--no-progress',"
+            " '--dtype', 'fp8-e4m3']) == 0\n"
+            f"assert main(['info', '--db', {db!r}, '--verify']) == 0\n"
+            f"assert main(['drop', '--db', {db!r}, '--table', 'layer2', '--version', '1', '--force']) == 0\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "every chunk matches its crc32" in done.stdout and "dropped layer2 v1" in done.stdout
