@@ -36,7 +36,7 @@ def _replay(ids, bounds, num_sets, ways, policy, decay_every, window, next_batch
             r = b + window
             when = r + 1
             for x in np.unique(ids[bounds[r]:bounds[r + 1]]):
-                slot = _find(tags, x, ((x * _GOLDEN) >> 32) & (num_sets - 1), ways)
+                slot = _find(tags, x, (((x * _GOLDEN) >> 32) & 0x7FFFFFFF) % num_sets, ways)
                 if slot >= 0:
                     cur = upcoming[slot]
                     if not (cur > tick and cur < when):
@@ -58,7 +58,7 @@ def _replay(ids, bounds, num_sets, ways, policy, decay_every, window, next_batch
         n_miss = 0
         for q in range(len(batch)):
             x = batch[q]
-            s = ((x * _GOLDEN) >> 32) & (num_sets - 1)
+            s = (((x * _GOLDEN) >> 32) & 0x7FFFFFFF) % num_sets
             found = _find(tags, x, s, ways)
             if found >= 0:
                 stamp[found] = tick
@@ -127,11 +127,10 @@ def next_batches(ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 def replay(ids: np.ndarray, bounds: np.ndarray, capacity_rows: int, ways: int = 16, policy: str = "lru",
            decay_every: int = 1024, window: int = 0) -> tuple[np.ndarray, int, int]:
-    """(per-access hit mask, num_sets, evictions) for a RowCache of capacity_rows // ways sets
-    (rounded down to a power of two). bounds: batch boundaries into ids (len = batches + 1).
+    """(per-access hit mask, num_sets, evictions) for a RowCache of capacity_rows // ways sets.
+    bounds: batch boundaries into ids (len = batches + 1).
     lookahead: each batch is announced `window` batches before it is read."""
-    sets = capacity_rows // ways
-    num_sets = 1 << (sets.bit_length() - 1)
+    num_sets = capacity_rows // ways
     hits = np.zeros(len(ids), dtype=np.bool_)
     ids, bounds = ids.astype(np.int64), bounds.astype(np.int64)
     nb = next_batches(ids, bounds) if policy == "lookahead" else np.zeros(len(ids), dtype=np.int64)

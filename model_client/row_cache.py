@@ -1,6 +1,7 @@
 """RowCache: a set-associative cache of encoded table rows on one device (GPU HBM or host memory).
 
-Row id r lives in set h(r) = (r * 0x9E3779B97F4A7C15 >> 32) mod num_sets, in one of `ways` slots.
+Row id r lives in set h(r) = ((r * 0x9E3779B97F4A7C15 mod 2**64) >> 32 mod 2**31) mod num_sets, in
+one of `ways` slots; num_sets = capacity // (ways * row_bytes), so the cache holds what it is given.
 Every operation is a handful of vectorized torch ops over the whole batch (no per-row Python):
 probing gathers each id's set of tags and compares; inserting sorts the misses by set, ranks them
 within their set, and gives the k-th miss of a set the k-th best victim of that set. Policies order
@@ -62,7 +63,7 @@ class RowCache:
         if slots < ways:
             raise ValueError(f"capacity {capacity_bytes} B holds {slots} rows of {row_bytes} B, fewer than "
                              f"one set of {ways} ways")
-        self.num_sets = 1 << ((slots // ways).bit_length() - 1)  # a power of two, so h(r) is a mask
+        self.num_sets = slots // ways
         self.ways, self.row_bytes, self.policy, self.decay_every = ways, row_bytes, policy, decay_every
         self.device = torch.device(device)
         n = self.num_sets * ways
@@ -94,7 +95,7 @@ class RowCache:
         return CacheStats(lookups, hits, lookups - hits, inserts, evictions, bypassed, inserts * self.row_bytes)
 
     def set_of(self, ids: torch.Tensor) -> torch.Tensor:
-        return ((ids * _GOLDEN) >> 32) & (self.num_sets - 1)
+        return (((ids * _GOLDEN) >> 32) & 0x7FFFFFFF) % self.num_sets
 
     # ---- batch operations -----------------------------------------------------------------------------
     def lookup(self, ids: torch.Tensor, pin: bool = False, next_use: torch.Tensor | None = None):

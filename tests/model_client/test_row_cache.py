@@ -11,7 +11,7 @@ GOLDEN = 0x9E3779B97F4A7C15
 def set_of(row: int, num_sets: int) -> int:
     h = (row * GOLDEN) & (2**64 - 1)
     h = h - 2**64 if h >= 2**63 else h
-    return (h >> 32) & (num_sets - 1)
+    return ((h >> 32) & 0x7FFFFFFF) % num_sets
 
 
 class Reference:
