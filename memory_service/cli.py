@@ -16,6 +16,11 @@ COMMANDS = {
              "and the table geometry of every preset; then create the demo tables in an LMDB store "
              "(once), start the memory service and run a small model over real text in prefill and "
              "decode, with local tables and with the service, and compare."),
+    "worker": ("model_client.worker:WorkerLoopConfig", "model_client.worker:run",
+               "a model worker serving the demo workload from the memory service",
+               "Run the demo model round after round over real text with every Engram row from the "
+               "memory service (device cache in front), printing one JSON line per round; waits and "
+               "retries while the service is down. This is what docker-compose scales."),
     "load": ("memory_service.loader:LoadConfig", "memory_service.loader:run_load",
              "load Engram tables (one per layer) into an LMDB table store",
              "Create a new version of each Engram layer's table from a checkpoint or a seeded random "

@@ -32,7 +32,9 @@ class ServiceProcess:
                 "--metrics-port", str(metrics_port), *flags]
         if "--port" not in flags:
             args += ["--port", "0"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        # its own process group, so kill() can take the workers down with it, as a container stop does
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"),
+                                     start_new_session=True)
         self.port = self._wait_port()
         self.target = f"127.0.0.1:{self.port}"
 
@@ -75,6 +77,14 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9 the server and all its worker processes."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def __enter__(self):
         return self

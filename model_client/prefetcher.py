@@ -71,6 +71,16 @@ class Prefetcher:
         self.current = Step(self, hash_ids, self.hasher.row_ids_stacked(hash_ids))
         return self.current
 
+    def abandon(self) -> None:
+        """Forget a forward pass that failed half-way: nothing is in flight any more, so no row
+        stays pinned for it."""
+        if self.current is not None:
+            for future in self.current.futures.values():
+                future.cancel()
+        self.current = None
+        for cache in self.device_tier.caches.values():
+            cache.pins.zero_()
+
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.store.close()
