@@ -29,6 +29,8 @@ class ServiceBenchConfig:
     workers: int = field(default=0, metadata={"help": "server processes (0: one per CPU core)"})
     clients: list[int] = field(default_factory=lambda: [1, 4], metadata={
         "type": int, "help": "numbers of client processes to measure"})
+    target: str = field(default="", metadata={
+        "help": "measure a running service at host:port instead (its published tables; no floors)"})
     db: str = field(default="", metadata={
         "help": "store to build the benchmark tables in (reused if present; default: a temporary one)"})
     out: str = field(default="bench/results/service.json", metadata={"help": "JSON output path"})
@@ -96,7 +98,31 @@ def _start_server(db: str, workers: int) -> tuple[subprocess.Popen, str, Path]:
     raise RuntimeError(f"the server did not start: {log.read_text()}")
 
 
+def run_against(cfg: ServiceBenchConfig) -> int:
+    """Lookups against a running service (e.g. docker-compose's): every published table."""
+    from model_client import MemoryClient
+    with MemoryClient(cfg.target) as client:
+        tables = client.tables()
+    if not tables:
+        raise ValueError(f"the service at {cfg.target} has no published tables")
+    rows, info = [], machine()
+    for manifest in tables:
+        for size in floors_mod.BATCHES:
+            for clients in cfg.clients:
+                result = measure_service(cfg.target, manifest.table, size, manifest.num_rows, clients, cfg.duration_s)
+                rows.append({"bench": "service", "path": f"grpc {cfg.target}, {clients} client process(es)",
+                             "table": manifest.table, "row_bytes": manifest.row_bytes, "batch_rows": size,
+                             "clients": clients, "table_rows": manifest.num_rows, **result, **info})
+                print(f"  {manifest.table} ({manifest.row_bytes} B) x {size:>6} rows, {clients} client(s): "
+                      f"{result['rows_per_s']:>12,.0f} rows/s  p50 {result['p50_ms']:.2f} ms  "
+                      f"p99 {result['p99_ms']:.2f} ms", flush=True)
+    print(f"wrote {write_rows(rows, cfg.out)}")
+    return 0
+
+
 def run(cfg: ServiceBenchConfig) -> int:
+    if cfg.target:
+        return run_against(cfg)
     workdir = tempfile.mkdtemp(prefix="engram-bench-")
     db = cfg.db or os.path.join(workdir, "db")
     info = machine()

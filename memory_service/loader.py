@@ -17,7 +17,7 @@ from model_client.geometry import TableGeometry
 from model_client.row_format import RowFormat
 
 from .checkpoint import DEFAULT_TENSOR, CheckpointRows, RandomRows
-from .manifest import TableManifest
+from .manifest import TableManifest, table_name
 from .store import TableStore, chunk_rows_for
 
 PREFETCH_CHUNKS = 3
@@ -74,6 +74,9 @@ class LoadConfig:
     layers: list[int] = field(default_factory=list, metadata={
         "type": int, "help": "only these Engram layers (default: all)"})
     publish: bool = field(default=True, metadata={"help": "publish each table once loaded and verified"})
+    if_absent: bool = field(default=False, metadata={
+        "help": "skip a layer whose published table was built for this config (idempotent loads: "
+                "docker-compose's loader); a published table for another config is an error"})
     commit_mb: int = field(default=256, metadata={
         "help": "MiB of rows per LMDB commit: bounds the loader's memory; `info` shows progress per commit"})
     chunk_rows: int = field(default=0, metadata={
@@ -110,6 +113,13 @@ def run_load(cfg: LoadConfig) -> int:
     geometry = TableGeometry.from_config(config)
     try:
         for layer in layers:
+            if cfg.if_absent and store.current_version(table_name(layer)):
+                existing = store.manifest(table_name(layer))
+                existing.check_compatible(config, tokenizer.sha256, tokenizer.num_compressed)
+                if existing.row_dtype != config.row_dtype:
+                    raise ValueError(f"{existing.table} is published as {existing.row_dtype}, not {config.row_dtype}")
+                print(f"{existing.table} v{existing.version} is already published for this config: skipped")
+                continue
             if cfg.checkpoint:
                 source = CheckpointRows(cfg.checkpoint, cfg.tensor.replace("{L}", str(layer)),
                                         geometry.rows(layer), config.head_dim)

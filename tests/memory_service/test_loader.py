@@ -147,3 +147,16 @@ def test_kill_9_mid_load_keeps_the_old_version_serving(tmp_path):
     assert verify.returncode == 0 and "every chunk matches" in verify.stdout
     client.close()
     assert server.stop() == 0
+
+
+def test_load_if_absent_is_idempotent(tmp_path):
+    cfg = config_file(tmp_path, row_dtype="bfloat16")
+    args = ["load", "--db", str(tmp_path / "db"), "--config", cfg, "--random-init", "--layers", "1",
+            "--no-progress", "--if-absent"]
+    assert run(*args).returncode == 0
+    again = run(*args)
+    assert again.returncode == 0 and "already published for this config: skipped" in again.stdout
+    other = config_file(tmp_path, row_dtype="bfloat16", seed=3)
+    clash = run("load", "--db", str(tmp_path / "db"), "--config", other, "--random-init", "--layers", "1",
+                "--no-progress", "--if-absent")
+    assert clash.returncode == 2 and "built with seed=0" in clash.stderr
