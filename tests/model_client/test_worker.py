@@ -1,7 +1,6 @@
 """`engram-memory worker` against a real service that starts late, then goes away and comes back."""
 import json
 import subprocess
-import sys
 import time
 
 from memory_service.process import command
