@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Smoke test of the docker-compose stack on a machine with no image registry and no outside network
+# for the containers: everything runs on the host's loopback (docker-compose.host.yml).
+#   1. a Docker engine (Debian's docker.io installed and dockerd started if none answers);
+#   2. a local base image: debootstrap Debian bookworm with Python 3.11, `docker import`ed;
+#   3. a wheelhouse of engram-memory and its dependencies (docker/build_wheelhouse.sh);
+#   4. build, `up --scale worker=2`, wait for the memory service's gRPC health check;
+#   5. a worker reports rounds with rows served by the service and its hit rate;
+#   6. kill the memory-service container: the workers log a clear error; start it: they recover;
+#   7. tear everything down (containers, network, volume).
+# Needs root (debootstrap, dockerd). Prints how long it took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+BASE_TAG=${ENGRAM_BASE_IMAGE:-engram-base:bookworm}
+PROJECT=engram-smoke
+log() { echo "[smoke $(($(date +%s) - started))s] $*"; }
+
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null || { log "installing docker.io"; apt-get install -y -q docker.io >/dev/null; }
+  log "starting dockerd"
+  (dockerd >/tmp/engram-smoke-dockerd.log 2>&1 &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else
+  command -v docker-compose >/dev/null || apt-get install -y -q docker-compose >/dev/null
+  COMPOSE=(docker-compose)
+fi
+
+if ! docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+  rootfs=$(mktemp -d /tmp/engram-rootfs.XXXX)
+  log "debootstrap bookworm into $rootfs (a few minutes, once)"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+    http://deb.debian.org/debian >/tmp/engram-smoke-debootstrap.log
+  tar -C "$rootfs" -c . | docker import - "$BASE_TAG" >/dev/null
+  rm -rf "$rootfs"
+fi
+log "base image $BASE_TAG: $(docker image inspect --format '{{.Size}}' "$BASE_TAG") bytes"
+
+[ -n "$(ls docker/wheelhouse 2>/dev/null)" ] || { log "building the wheelhouse"; docker/build_wheelhouse.sh >/dev/null; }
+
+export ENGRAM_BASE_IMAGE=$BASE_TAG ENGRAM_TARGET=127.0.0.1:${ENGRAM_PORT:-50051} ENGRAM_ROUNDS=0
+compose=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker-compose.host.yml)
+cleanup() { "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+log "building images"
+"${compose[@]}" build >/tmp/engram-smoke-build.log 2>&1 || { tail -30 /tmp/engram-smoke-build.log; exit 1; }
+log "up, 2 workers"
+"${compose[@]}" up -d --scale worker=2 >/tmp/engram-smoke-up.log 2>&1 || { tail -30 /tmp/engram-smoke-up.log; exit 1; }
+
+memory=$("${compose[@]}" ps -q memory)
+wait_healthy() {
+  for _ in $(seq 180); do
+    [ "$(docker inspect --format '{{.State.Health.Status}}' "$memory")" = healthy ] && return 0
+    sleep 1
+  done
+  echo "the memory service never became healthy"; docker logs "$memory" | tail -20; return 1
+}
+wait_healthy
+log "memory service healthy"
+
+workers=$("${compose[@]}" ps -q worker)
+rounds_of() { docker logs "$1" 2>/dev/null | grep -c '"msg": "round"' || true; }
+wait_rounds() {  # every worker reports more than $1 rounds
+  for _ in $(seq 180); do
+    ok=1; for w in $workers; do [ "$(rounds_of "$w")" -gt "$1" ] || ok=0; done
+    [ $ok = 1 ] && return 0; sleep 1
+  done
+  echo "workers did not report rounds"; for w in $workers; do docker logs "$w" | tail -5; done; return 1
+}
+wait_rounds 0
+w1=$(echo "$workers" | head -1)
+report=$(docker logs "$w1" | grep '"msg": "round"' | tail -1)
+log "worker report: $report"
+python3 - "$report" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+assert r["rows_from_service"] > 0 or r["rows_served_total"] > 0, r
+assert 0 <= r["device_hit_rate"] <= 1, r
+PY
+
+log "killing the memory service"
+docker kill "$memory" >/dev/null
+for _ in $(seq 60); do
+  docker logs "$w1" 2>&1 | grep -q '"level": "ERROR"' && break; sleep 1
+done
+docker logs "$w1" 2>&1 | grep '"level": "ERROR"' | head -1 | sed 's/^/  worker: /'
+docker logs "$w1" 2>&1 | grep -q '"level": "ERROR"' || { echo "workers reported no error"; exit 1; }
+before=$(rounds_of "$w1")
+log "starting it again"
+docker start "$memory" >/dev/null
+wait_healthy
+wait_rounds "$before"
+log "workers recovered: $(rounds_of "$w1") rounds on worker 1"
+log "PASS in $(($(date +%s) - started)) s"
