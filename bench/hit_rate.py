@@ -103,7 +103,7 @@ def _job(args) -> list[dict]:
     order3 = np.tile((np.arange(columns) >= columns // 2).astype(np.int64), tokens)  # 2 orders x K heads
     base = {"corpus": Path(name).name, "tokens": tokens, "layer": layer, "table_rows": table_rows, "accesses": n}
     results = [{**base, "policy": "infinite", "cache_fraction": 1.0, "cache_rows": table_rows,
-                "hit_rate": cache_sim.infinite_hits(trace) / n}]
+                "hit_rate": cache_sim.infinite_hits(trace) / n, "share_of_belady": None}]
     for frac in cfg.sizes:
         c = int(frac * table_rows)
         rates = {"lru": cache_sim.lru_hits(trace, c) / n, "belady": cache_sim.opt_hits(trace, c) / n,

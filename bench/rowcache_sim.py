@@ -6,10 +6,20 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from model_client.row_cache import _GOLDEN
+from model_client.row_cache import _GOLDEN, _MIX
 
 _POLICY = {"lru": 0, "lfu": 1, "lookahead": 2}
 _NO_USE = np.int64(1) << 50
+
+
+@numba.njit(cache=True)
+def _set(x, num_sets):
+    """RowCache.set_of for one id."""
+    x = x * _GOLDEN
+    x = x ^ ((x >> 31) & ((1 << 33) - 1))
+    x = x * _MIX
+    x = x ^ ((x >> 29) & ((1 << 35) - 1))
+    return ((x >> 32) & 0x7FFFFFFF) % num_sets
 
 
 @numba.njit(cache=True)
@@ -36,7 +46,7 @@ def _replay(ids, bounds, num_sets, ways, policy, decay_every, window, next_batch
             r = b + window
             when = r + 1
             for x in np.unique(ids[bounds[r]:bounds[r + 1]]):
-                slot = _find(tags, x, (((x * _GOLDEN) >> 32) & 0x7FFFFFFF) % num_sets, ways)
+                slot = _find(tags, x, _set(x, num_sets), ways)
                 if slot >= 0:
                     cur = upcoming[slot]
                     if not (cur > tick and cur < when):
@@ -58,7 +68,7 @@ def _replay(ids, bounds, num_sets, ways, policy, decay_every, window, next_batch
         n_miss = 0
         for q in range(len(batch)):
             x = batch[q]
-            s = (((x * _GOLDEN) >> 32) & 0x7FFFFFFF) % num_sets
+            s = _set(x, num_sets)
             found = _find(tags, x, s, ways)
             if found >= 0:
                 stamp[found] = tick

@@ -5,13 +5,16 @@ import torch
 
 from model_client.row_cache import RowCache
 
-GOLDEN = 0x9E3779B97F4A7C15
+GOLDEN, MIX, M64 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 2**64 - 1
 
 
 def set_of(row: int, num_sets: int) -> int:
-    h = (row * GOLDEN) & (2**64 - 1)
-    h = h - 2**64 if h >= 2**63 else h
-    return ((h >> 32) & 0x7FFFFFFF) % num_sets
+    """The set hash in unsigned Python integers: splitmix64's mixing steps."""
+    x = (row * GOLDEN) & M64
+    x ^= x >> 31
+    x = (x * MIX) & M64
+    x ^= x >> 29
+    return ((x >> 32) & 0x7FFFFFFF) % num_sets
 
 
 class Reference:
