@@ -38,7 +38,10 @@ if ! docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
 fi
 log "base image $BASE_TAG: $(docker image inspect --format '{{.Size}}' "$BASE_TAG") bytes"
 
-[ -n "$(ls docker/wheelhouse 2>/dev/null)" ] || { log "building the wheelhouse"; docker/build_wheelhouse.sh >/dev/null; }
+if [ -z "$(ls docker/wheelhouse 2>/dev/null)" ]; then
+  log "building the wheelhouse"
+  docker/build_wheelhouse.sh >/tmp/engram-smoke-wheels.log 2>&1 || { tail -20 /tmp/engram-smoke-wheels.log; exit 1; }
+fi
 
 export ENGRAM_BASE_IMAGE=$BASE_TAG ENGRAM_TARGET=127.0.0.1:${ENGRAM_PORT:-50051} ENGRAM_ROUNDS=0
 compose=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker-compose.host.yml)
