@@ -54,9 +54,9 @@ def test_lookahead_policy_beats_lru_and_keeps_outputs_exact(tmp_path, tiny_json)
     need: more hits than LRU at the same (small) size, outputs still bit-identical."""
     rates = {}
     for policy in ("lru", "lookahead"):
-        out = run_comparison(worker(tmp_path, tiny_json, policy=policy, prefill_batch=1, sequences=4,
-                                    min_len=200, max_len=200, device_cache_mb=1, host_cache_mb=0, repeats=1),
-                             log=lambda *_: None)
+        out = run_comparison(worker(tmp_path, tiny_json, policy=policy, prefill_batch=1, sequences=8,
+                                    min_len=500, max_len=500, decode_steps=1, device_cache_mb=1,
+                                    host_cache_mb=0, repeats=1), log=lambda *_: None)
         assert out["outputs_match"] is True
         rates[policy] = out["device_cache_hit_rate"]
     assert rates["lookahead"] > rates["lru"], rates
