@@ -12,11 +12,13 @@ def add_dataclass_flags(parser, cls, skip: set[str] = frozenset()) -> None:
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        # argparse %-formats help strings: a literal "1%" would crash --help
+        help_raw = f.metadata.get("help", "").replace("%", "%%")
         if f.metadata.get("required"):
-            parser.add_argument(flag, dest=f.name, required=True, help=f.metadata.get("help", ""),
+            parser.add_argument(flag, dest=f.name, required=True, help=help_raw,
                                 type=f.metadata.get("type", str), metavar=f.metadata.get("metavar"))
             continue
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        help_text = help_raw + f" (default: {default!r})".replace("%", "%%")
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)

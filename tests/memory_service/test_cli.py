@@ -15,7 +15,12 @@ def run(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("args", [[], ["demo"], ["bench"], ["bench", "hashing"]])
+HELP_COMMANDS = [[], ["demo"], ["worker"], ["load"], ["serve"], ["info"], ["health"], ["drop"], ["bench"],
+                 ["bench", "hashing"], ["bench", "service"], ["bench", "e2e"], ["bench", "hit-rate"],
+                 ["bench", "scale"]]
+
+
+@pytest.mark.parametrize("args", HELP_COMMANDS, ids=lambda a: "-".join(a) or "top")
 def test_help_explains_every_flag(args):
     out = run(*args, "--help")
     assert out.returncode == 0, out.stderr
