@@ -17,6 +17,7 @@ import numpy as np
 from .config import EngramConfig
 from .geometry import TableGeometry
 from .tokenizer import CompressedTokenizer, check_ids_in_range, get_compressed_tokenizer
+from kernels import use_triton
 
 _INT64_MAX = np.iinfo(np.int64).max
 _LAYER_PRIME = 10007  # the reference's per-layer seed stride
@@ -99,8 +100,16 @@ class NgramHasher:
                  tokens of row b advance its state. Outputs past lengths[b] are not meaningful.
         validate: check dtype, rank and vocabulary range (one device sync for CUDA inputs).
         """
+        return self.hash_and_rows(input_ids, state, lengths, compressed, validate, rows=False)[0]
+
+    def hash_and_rows(self, input_ids, state: LookbackState | None = None, lengths=None,
+                      compressed: bool = False, validate: bool = True, rows: bool = True):
+        """(indices [L, B, T, C], global row ids [L, B, T, C] or None if not `rows`): on CUDA one
+        Triton launch for both (kernels.hashing), else `hash_stacked`'s ops + `row_ids_stacked`."""
         x = self._check_input(input_ids, state, lengths)
         torch_mode = _is_torch(x)
+        if torch_mode and use_triton(x):
+            return self._hash_kernel(x, state, lengths, compressed, validate, rows)
         if not compressed:
             x = self.compress(x, validate=validate)
         elif validate:
@@ -119,7 +128,7 @@ class NgramHasher:
         out = self._hash_extended(ext, T)
         if state is not None:
             self._advance(state, ext, T if lengths is None else lengths)
-        return out
+        return out, (self.row_ids_stacked(out) if rows else None)
 
     def row_ids(self, layer_id: int, indices):
         """Global row ids of one layer's table: per-sub-table index + the sub-table's offset."""
@@ -135,6 +144,24 @@ class NgramHasher:
         return stacked + self._offsets[:, None, None, :]
 
     # ---- internals ----------------------------------------------------------------------------------
+    def _hash_kernel(self, x, state, lengths, compressed, validate, rows):
+        from kernels.hashing import hash_layers
+        import torch
+        if validate:
+            check_ids_in_range(x, self.compressed_vocab_size if compressed else self.tokenizer.vocab_size)
+        consts = self._consts(x.device)
+        B, P = x.shape[0], self.config.max_ngram_size - 1
+        lookback = state.ids if state is not None else torch.full(
+            (B, P), self.pad_id, dtype=torch.int64, device=x.device)
+        if lengths is not None:
+            lengths = lengths.to(x.device)
+        idx, row_ids, new_state = hash_layers(x, lookback, consts["mult"], consts["primes"],
+                                              consts["offsets"] if rows else None,
+                                              None if compressed else consts["lookup"], lengths)
+        if state is not None:
+            state.ids.copy_(new_state)
+        return idx, row_ids
+
     def _consts(self, device):
         key = str(device)
         if key not in self._device_consts:

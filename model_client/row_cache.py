@@ -29,6 +29,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from kernels import use_triton
+
 POLICIES = ("lru", "lfu", "lookahead")
 NO_USE = 1 << 50  # next_use of a row with no known future use
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
@@ -112,6 +114,9 @@ class RowCache:
         if self.policy == "lfu" and self.tick % self.decay_every == 0:
             self.uses >>= 1
         ids = ids.to(self.device)
+        if self._kernels(ids):
+            from kernels import cache
+            return cache.probe(self, ids, pin, None if next_use is None else next_use.to(self.device))
         sets = self.set_of(ids)
         match = self._rows_of(self.tags, sets) == ids[:, None]             # [N, W]
         hit = match.any(dim=1)
@@ -135,6 +140,9 @@ class RowCache:
         n = len(ids)
         if n == 0:
             return torch.zeros(0, dtype=torch.bool, device=self.device), torch.zeros(0, dtype=torch.int64, device=self.device)
+        if self._kernels(ids):
+            from kernels import cache
+            return cache.insert(self, ids, rows, pin, None if next_use is None else next_use.to(self.device))
         sets = self.set_of(ids)
         order = torch.argsort(sets, stable=True)                            # misses grouped by set
         sorted_sets = sets[order]
@@ -166,6 +174,10 @@ class RowCache:
         self._counts[2] += inserted_count
         self._counts[4] += n - inserted_count
         return inserted, slot
+
+    def _kernels(self, ids: torch.Tensor) -> bool:
+        """Triton kernels for CUDA caches (kernels.cache), these PyTorch ops (the reference) elsewhere."""
+        return use_triton(ids) and self.ways & (self.ways - 1) == 0
 
     def _rows_of(self, per_slot: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
         """[S, W]: a per-slot array's values for each set's ways; one contiguous row per set, so an
