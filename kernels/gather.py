@@ -20,7 +20,8 @@ _STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": tor
 @triton.jit
 def _gather_kernel(cache_ptr, fetched_ptr, loc_ptr, inv_ptr, out_ptr, n,
                    ROW_ELEMS: tl.constexpr, HEAD_DIM: tl.constexpr, HD_PAD: tl.constexpr,
-                   FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr, BLOCK: tl.constexpr):
+                   FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr, BF16_BITS: tl.constexpr,
+                   BLOCK: tl.constexpr):
     off = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = off < n
     loc = tl.load(loc_ptr + tl.load(inv_ptr + off, mask=ok, other=0), mask=ok, other=0)
@@ -43,7 +44,12 @@ def _gather_kernel(cache_ptr, fetched_ptr, loc_ptr, inv_ptr, out_ptr, n,
     else:
         value = x
     out_at = off[:, None] * HEAD_DIM + cols[None, :]
-    tl.store(out_ptr + out_at, value.to(out_ptr.dtype.element_ty), mask=ok[:, None] & col_ok[None, :])
+    if BF16_BITS:  # float32 -> bfloat16 rounded to nearest even by hand: the interpreter truncates
+        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+        value = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.int16)
+    else:
+        value = value.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + out_at, value, mask=ok[:, None] & col_ok[None, :])
 
 
 def _typed(rows: torch.Tensor, row_dtype: str) -> torch.Tensor:
@@ -62,10 +68,12 @@ def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tens
     if fetched_t.numel() == 0:
         fetched_t = cache_t                       # never read (no negative loc), but a valid pointer
     block = 16
+    # bf16 output from wider values: written as rounded int16 bits (bf16 rows are copied as they are)
+    bf16_bits = dtype == torch.bfloat16 and row_dtype != "bfloat16"
     _gather_kernel[(triton.cdiv(n, block),)](
-        cache_t, fetched_t, loc, inverse.reshape(-1), out, n,
+        cache_t, fetched_t, loc, inverse.reshape(-1), out.view(torch.int16) if bf16_bits else out, n,
         ROW_ELEMS=cache_t.shape[1], HEAD_DIM=head_dim, HD_PAD=triton.next_power_of_2(head_dim),
-        FP8=row_dtype == "fp8-e4m3", SCALE_BLOCK=FP8_BLOCK, BLOCK=block)
+        FP8=row_dtype == "fp8-e4m3", SCALE_BLOCK=FP8_BLOCK, BF16_BITS=bf16_bits, BLOCK=block)
     return out
 
 

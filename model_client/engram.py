@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import use_triton
+
 from .config import EngramConfig
 from .geometry import TableGeometry
 from .row_format import RowFormat
@@ -118,14 +120,21 @@ class Engram(nn.Module):
         h = hidden_states.unsqueeze(2) if plain else hidden_states
         self._check(h, hash_ids, conv_state)
         embeddings = self.multi_head_embedding(hash_ids, self.dtype)               # [B, T, E]
-        gates = []
-        for m in range(self.config.hc_mult):
-            key = self.norm1[m](self.key_projs[m](embeddings))
-            query = self.norm2[m](h[:, :, m])
-            s = (key * query).sum(dim=-1) / math.sqrt(self.config.hidden_size)
-            s = s.abs().clamp_min(1e-6).sqrt() * s.sign()
-            gates.append(s.sigmoid().unsqueeze(-1))
-        value = torch.stack(gates, dim=2) * self.value_proj(embeddings).unsqueeze(2)  # [B, T, M, D]
+        if use_triton(h):  # one fused kernel for norms, dot, signed sqrt, sigmoid and scaling
+            from kernels.gate import gate
+            keys = torch.stack([proj(embeddings) for proj in self.key_projs], dim=2)  # [B, T, M, D]
+            value = gate(keys, h, self.value_proj(embeddings),
+                         torch.stack([n.weight for n in self.norm1]), torch.stack([n.weight for n in self.norm2]),
+                         _eps(self.norm1[0], self.dtype), _eps(self.norm2[0], self.dtype))
+        else:
+            gates = []
+            for m in range(self.config.hc_mult):
+                key = self.norm1[m](self.key_projs[m](embeddings))
+                query = self.norm2[m](h[:, :, m])
+                s = (key * query).sum(dim=-1) / math.sqrt(self.config.hidden_size)
+                s = s.abs().clamp_min(1e-6).sqrt() * s.sign()
+                gates.append(s.sigmoid().unsqueeze(-1))
+            value = torch.stack(gates, dim=2) * self.value_proj(embeddings).unsqueeze(2)  # [B, T, M, D]
         out = value + self.short_conv(value, conv_state, lengths)
         return out.squeeze(2) if plain else out
 
@@ -170,6 +179,11 @@ class Engram(nn.Module):
             raise ValueError(f"conv_state must be [B, {self.short_conv.context}, "
                              f"{cfg.hc_mult * cfg.hidden_size}]; got {tuple(conv_state.shape)} "
                              "(make it with new_conv_state)")
+
+
+def _eps(norm: nn.RMSNorm, dtype: torch.dtype) -> float:
+    """nn.RMSNorm's epsilon: its own, or the dtype's machine epsilon when it has none (as F.rms_norm)."""
+    return norm.eps if norm.eps is not None else torch.finfo(dtype).eps
 
 
 def _advance(state: torch.Tensor, ext: torch.Tensor, lengths, context: int) -> None:

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from kernels import use_triton
+
 from .hasher import LookbackState, NgramHasher
 from .row_cache import NO_USE
 from .tiers import CacheTier, fetch
@@ -30,8 +32,9 @@ class Prefetcher:
         self.tables = tables or {layer: f"layer{layer}" for layer in self.layers}
         self.row_bytes = {t: store.row_bytes(t) for t in self.tables.values()}
         self.device_tier = CacheTier("device", device_cache_bytes, self.row_bytes, self.device, policy)
-        self.host_tier = (CacheTier("host", host_cache_bytes, self.row_bytes, "cpu", policy, pin_memory=True)
-                          if host_cache_bytes else None)
+        # the host tier works on the prefetch thread, on CPU: torch ops, never the Triton kernels
+        self.host_tier = (CacheTier("host", host_cache_bytes, self.row_bytes, "cpu", policy, pin_memory=True,
+                                    kernels=False) if host_cache_bytes else None)
         self.lower_tiers = [t for t in (self.host_tier, store) if t is not None]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
         self.current: Step | None = None
@@ -67,8 +70,8 @@ class Prefetcher:
 
     def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None) -> "Step":
         """Hash, probe and launch the fetches of one forward pass; the step becomes `current`."""
-        hash_ids = self.hasher.hash_stacked(input_ids.to(self.device), state, lengths)
-        self.current = Step(self, hash_ids, self.hasher.row_ids_stacked(hash_ids))
+        hash_ids, row_ids = self.hasher.hash_and_rows(input_ids.to(self.device), state, lengths)
+        self.current = Step(self, hash_ids, row_ids)
         return self.current
 
     def abandon(self) -> None:
@@ -119,17 +122,36 @@ class Step:
     def rows(self, layer: int) -> torch.Tensor:
         """uint8 [B, T, columns, row_bytes] on the device; waits only for this layer's rows."""
         table, unique, inverse, slot, hit_at, miss_at, miss_upcoming = self.parts.pop(layer)
-        t0 = time.perf_counter()
-        below = self.futures.pop(layer).result()
-        self.p.exposed_wait_s[layer].append(time.perf_counter() - t0)
-        cache = self.p.device_tier.caches[table]
-        miss_rows = below.to(cache.device, non_blocking=True)
+        cache, miss_rows = self._arrived(layer, table)
         rows = torch.empty(len(unique), cache.row_bytes, dtype=torch.uint8, device=cache.device)
         rows.index_copy_(0, hit_at, cache.gather(slot[hit_at]))
         rows.index_copy_(0, miss_at, miss_rows)
         cache.insert(unique[miss_at], miss_rows, next_use=miss_upcoming)  # a full set's misses: from miss_rows
         cache.release(slot)                        # the hits' pins (misses point at the trash slot)
         return rows[inverse].view(*self.row_ids(layer).shape, cache.row_bytes)
+
+    def embeddings(self, layer: int, row_format, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's rows decoded to `dtype`, [B, T, columns, head_dim]. On CUDA one Triton kernel
+        gathers them from the cache slots (hits) and the fetched rows (misses), dequantizing on the
+        way, with no [B, T, columns, row_bytes] intermediate; elsewhere `rows` + RowFormat."""
+        if not use_triton(self.row_stack):
+            return row_format.decode_torch(self.rows(layer), dtype)
+        from kernels.gather import gather_rows
+        table, unique, inverse, slot, hit_at, miss_at, miss_upcoming = self.parts.pop(layer)
+        cache, miss_rows = self._arrived(layer, table)
+        loc = slot.index_copy(0, miss_at, -1 - torch.arange(len(miss_at), device=slot.device))
+        cache.insert(unique[miss_at], miss_rows, next_use=miss_upcoming)  # hits are pinned: never victims
+        out = gather_rows(cache.data, miss_rows, loc, inverse, row_format.row_dtype, row_format.head_dim, dtype)
+        cache.release(slot)
+        return out.view(*self.row_ids(layer).shape, row_format.head_dim)
+
+    def _arrived(self, layer: int, table: str):
+        """(the device cache, this layer's missing rows on the device), once they have arrived."""
+        t0 = time.perf_counter()
+        below = self.futures.pop(layer).result()
+        self.p.exposed_wait_s[layer].append(time.perf_counter() - t0)
+        cache = self.p.device_tier.caches[table]
+        return cache, below.to(cache.device, non_blocking=True)
 
     def wait_all(self) -> None:
         """Consume the layers nobody read (e.g. a forward pass that stopped early)."""

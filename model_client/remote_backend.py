@@ -32,4 +32,4 @@ class RemoteTableBackend:
         if self.check and not torch.equal(step.row_ids(self.layer_id), row_ids.to(step.row_stack.device)):
             raise RuntimeError(f"Engram layer {self.layer_id} asked for other rows than the step prefetched: "
                                "pass step.hash_ids(layer) to the layer")
-        return self.row_format.decode_torch(step.rows(self.layer_id), dtype)
+        return step.embeddings(self.layer_id, self.row_format, dtype)

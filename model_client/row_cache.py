@@ -58,7 +58,7 @@ class CacheStats:
 
 class RowCache:
     def __init__(self, capacity_bytes: int, row_bytes: int, device="cpu", policy: str = "lru",
-                 ways: int = 16, decay_every: int = 1024, pin_memory: bool = False):
+                 ways: int = 16, decay_every: int = 1024, pin_memory: bool = False, kernels: bool = True):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
         if row_bytes < 1 or ways < 1 or decay_every < 1:
@@ -69,6 +69,7 @@ class RowCache:
                              f"one set of {ways} ways")
         self.num_sets = slots // ways
         self.ways, self.row_bytes, self.policy, self.decay_every = ways, row_bytes, policy, decay_every
+        self.kernels = kernels  # False: always these torch ops (a host-side cache on another thread)
         self.device = torch.device(device)
         n = self.num_sets * ways
         # One extra slot at index n takes the writes of rows that are not inserted, so no operation
@@ -177,7 +178,7 @@ class RowCache:
 
     def _kernels(self, ids: torch.Tensor) -> bool:
         """Triton kernels for CUDA caches (kernels.cache), these PyTorch ops (the reference) elsewhere."""
-        return use_triton(ids) and self.ways & (self.ways - 1) == 0
+        return self.kernels and use_triton(ids) and self.ways & (self.ways - 1) == 0
 
     def _rows_of(self, per_slot: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
         """[S, W]: a per-slot array's values for each set's ways; one contiguous row per set, so an

@@ -25,10 +25,10 @@ class CacheTier:
     """One RowCache per table, the tier's capacity split evenly across its tables."""
 
     def __init__(self, name: str, capacity_bytes: int, row_bytes: dict[str, int], device="cpu",
-                 policy: str = "lru", pin_memory: bool = False, ways: int = 16):
+                 policy: str = "lru", pin_memory: bool = False, ways: int = 16, kernels: bool = True):
         self.name = name
         share = capacity_bytes // max(1, len(row_bytes))
-        self.caches = {table: RowCache(share, rb, device, policy, ways=ways, pin_memory=pin_memory)
+        self.caches = {table: RowCache(share, rb, device, policy, ways=ways, pin_memory=pin_memory, kernels=kernels)
                        for table, rb in row_bytes.items()}
 
     def get_many(self, table: str, ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

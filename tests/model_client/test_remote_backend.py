@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import kernels
 from model_client import Engram, MemoryClient, MemoryServiceError, NgramHasher
 from model_client.prefetcher import Prefetcher
 from model_client.remote_backend import RemoteTableBackend
@@ -11,6 +12,7 @@ from model_client.tiers import ServiceTier, StoreTier
 
 from ..conftest import real_text_ids
 from ..served import Server, fill_store, tiny_config
+from ..kernels import INTERPRETED
 
 CONFIG = tiny_config(row_dtype="bfloat16", hc_mult=2, hidden_size=32)
 
@@ -42,8 +44,15 @@ def modules(prefetcher, device="cpu"):
 
 @pytest.mark.parametrize("tier,device", [
     ("service", "cpu"), ("lmdb", "cpu"),
+    # every Triton kernel in the loop (hashing, cache probe/insert, gather, gate), interpreted on CPU
+    pytest.param("service", "cpu-triton", marks=pytest.mark.skipif(not INTERPRETED, reason="needs triton")),
     pytest.param("service", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
 def test_remote_equals_local_bit_for_bit(bf16_server, ds_tokenizer, tier, device):
+    with kernels.backend("triton" if device == "cpu-triton" else kernels.get_backend()):
+        remote_equals_local(bf16_server, ds_tokenizer, tier, device.replace("-triton", ""))
+
+
+def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
     server, db = bf16_server
     hasher = NgramHasher(CONFIG, ds_tokenizer)
     store = ServiceTier(MemoryClient(server.target)) if tier == "service" else StoreTier(str(db))
