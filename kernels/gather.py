@@ -67,7 +67,7 @@ def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tens
     cache_t, fetched_t = _typed(cache_data, row_dtype), _typed(fetched, row_dtype)
     if fetched_t.numel() == 0:
         fetched_t = cache_t                       # never read (no negative loc), but a valid pointer
-    block = 16
+    block = max(16, 4096 // triton.next_power_of_2(head_dim))  # ~4k values per program
     # bf16 output from wider values: written as rounded int16 bits (bf16 rows are copied as they are)
     bf16_bits = dtype == torch.bfloat16 and row_dtype != "bfloat16"
     _gather_kernel[(triton.cdiv(n, block),)](

@@ -60,6 +60,11 @@ BENCHES = {
                  "Tokenize real corpora, hash them, and replay each Engram layer's row accesses through "
                  "LRU, the project's RowCache policies, lookahead, a two-tier cache, Belady's optimum "
                  "and an infinite cache, for cache sizes from 0.1% to 30% of the table."),
+    "kernels": ("bench.kernels:KernelBenchConfig", "bench.kernels:run",
+                "each Triton kernel vs its PyTorch reference and the GPU's memory bandwidth (CUDA)",
+                "Time the hashing, cache probe/insert, gather (bf16 and fp8 rows) and gate kernels "
+                "against their PyTorch references at a decode shape (512 x 1 tokens) and a prefill "
+                "shape (64 x 1,024), with bytes moved / time as a share of the memory bandwidth."),
     "scale": ("bench.scale:ScaleBenchConfig", "bench.scale:run",
               "the service as the table outgrows RAM: throughput, latency, disk reads",
               "Tables of growing size (default 1 to 32 GiB) served from a cold page cache to clients "
