@@ -18,9 +18,10 @@ import triton
 import triton.language as tl
 
 POLICY_CODES = {"lru": 0, "lfu": 1, "lookahead": 2}
-_GOLDEN = -7046029254386353131  # splitmix64's constants as signed int64 (see RowCache.set_of)
-_MIX = -4658895280553007687
-_NO_USE = 1 << 50
+# globals a kernel reads must be constexprs
+_GOLDEN = tl.constexpr(-7046029254386353131)  # splitmix64's constants as signed int64 (RowCache.set_of)
+_MIX = tl.constexpr(-4658895280553007687)
+_NO_USE = tl.constexpr(1 << 50)
 
 
 @triton.jit

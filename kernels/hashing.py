@@ -69,11 +69,11 @@ def _hash_kernel(ids_ptr, look_ptr, lut_ptr, len_ptr, mult_ptr, primes_ptr, offs
         j = tl.arange(0, P_PAD)
         j_ok = j < P
         q = n - P + j
-        x = tl.load(ids_ptr + b * T + q, mask=j_ok & (q >= 0), other=0)
+        last = tl.load(ids_ptr + b * T + q, mask=j_ok & (q >= 0), other=0)
         if COMPRESS:
-            x = tl.load(lut_ptr + x, mask=j_ok & (q >= 0), other=0)
-        back = tl.load(look_ptr + b * P + P + q, mask=j_ok & (q < 0), other=0)
-        tl.store(state_ptr + b * P + j, tl.where(q >= 0, x, back), mask=j_ok)
+            last = tl.load(lut_ptr + last, mask=j_ok & (q >= 0), other=0)
+        older = tl.load(look_ptr + b * P + P + q, mask=j_ok & (q < 0), other=0)
+        tl.store(state_ptr + b * P + j, tl.where(q >= 0, last, older), mask=j_ok)
 
 
 def hash_layers(ids: torch.Tensor, lookback: torch.Tensor, mult: torch.Tensor, primes: torch.Tensor,
