@@ -22,7 +22,7 @@ def _hash_kernel(ids_ptr, look_ptr, lut_ptr, len_ptr, mult_ptr, primes_ptr, offs
                  idx_ptr, row_ptr, state_ptr, B, T,
                  L: tl.constexpr, L_PAD: tl.constexpr, N: tl.constexpr, K: tl.constexpr,
                  C_PAD: tl.constexpr, P_PAD: tl.constexpr, BLOCK_T: tl.constexpr, COMPRESS: tl.constexpr,
-                 ROWS: tl.constexpr, HAS_LENGTHS: tl.constexpr):
+                 ROWS: tl.constexpr, HAS_LENGTHS: tl.constexpr, FAST_MOD: tl.constexpr):
     b = tl.program_id(0)
     P: tl.constexpr = N - 1
     C: tl.constexpr = P * K
@@ -51,9 +51,18 @@ def _hash_kernel(ids_ptr, look_ptr, lut_ptr, len_ptr, mult_ptr, primes_ptr, offs
 
     lc = layers[:, None] * C + cols[None, :]
     lc_ok = l_ok[:, None] & c_ok[None, :]
-    p = tl.load(primes_ptr + lc, mask=lc_ok, other=1)
-    idx = col_mix % p[None, :, :]
-    idx = tl.where(idx < 0, idx + p[None, :, :], idx)           # remsi truncates; the reference floors
+    p = tl.load(primes_ptr + lc, mask=lc_ok, other=1)[None, :, :]
+    if FAST_MOD:
+        # floor(mix / p) from a float64 product: its error is below |mix| / p * 2**-51 <= 2**12 / p
+        # < 1/2 for p >= 2**13 (FAST_MOD is only set then), so the quotient is off by at most one and
+        # one correction each way makes r = mix - q * p exact (int64 arithmetic wraps; r is small)
+        q = (col_mix.to(tl.float64) * (1.0 / p.to(tl.float64))).to(tl.float64)
+        r = col_mix - tl.floor(q).to(tl.int64) * p
+        r = tl.where(r < 0, r + p, r)
+        idx = tl.where(r >= p, r - p, r)
+    else:
+        idx = col_mix % p
+        idx = tl.where(idx < 0, idx + p, idx)                    # remsi truncates; the reference floors
     out = (layers[None, :, None] * B + b) * T * C + t[:, None, None] * C + cols[None, None, :]
     ok = t_ok[:, None, None] & lc_ok[None, :, :]
     tl.store(idx_ptr + out, idx, mask=ok)
@@ -76,9 +85,14 @@ def _hash_kernel(ids_ptr, look_ptr, lut_ptr, len_ptr, mult_ptr, primes_ptr, offs
         tl.store(state_ptr + b * P + j, tl.where(q >= 0, last, older), mask=j_ok)
 
 
+_FAST_MOD_MIN_PRIME = 1 << 13
+_min_prime: dict = {}
+
+
 def hash_layers(ids: torch.Tensor, lookback: torch.Tensor, mult: torch.Tensor, primes: torch.Tensor,
                 offsets: torch.Tensor | None = None, lut: torch.Tensor | None = None,
-                lengths: torch.Tensor | None = None):
+                lengths: torch.Tensor | None = None, block_t: int = 64, num_warps: int = 4,
+                fast_mod: bool | None = None):
     """ids int [B, T] (raw when `lut` is given, else compressed); lookback int64 [B, N-1];
     mult int64 [L, N]; primes, offsets int64 [L, C]; lengths int [B] or None.
     Returns (indices [L, B, T, C], global rows [L, B, T, C] or None, new lookback [B, N-1])."""
@@ -90,14 +104,19 @@ def hash_layers(ids: torch.Tensor, lookback: torch.Tensor, mult: torch.Tensor, p
     idx = torch.empty(L, B, T, C, dtype=torch.int64, device=ids.device)
     rows = torch.empty_like(idx) if offsets is not None else idx
     state = torch.empty(B, P, dtype=torch.int64, device=ids.device)
-    block_t = min(64, triton.next_power_of_2(T))
+    block_t = min(block_t, triton.next_power_of_2(T))
+    if fast_mod is None:  # the float64 quotient is exact enough for primes >= 2**13 (all real tables)
+        key = (primes.data_ptr(), primes.numel())
+        if key not in _min_prime:
+            _min_prime[key] = int(primes.min())          # one sync per primes tensor, then cached
+        fast_mod = _min_prime[key] >= _FAST_MOD_MIN_PRIME
     grid = (B, triton.cdiv(T, block_t))
     _hash_kernel[grid](
         ids, lookback.contiguous(), lut if lut is not None else ids, lengths if lengths is not None else ids,
         mult, primes, offsets if offsets is not None else primes, idx, rows, state, B, T,
         L=L, L_PAD=triton.next_power_of_2(L), N=N, K=C // P, C_PAD=triton.next_power_of_2(C),
         P_PAD=triton.next_power_of_2(P), BLOCK_T=block_t, COMPRESS=lut is not None,
-        ROWS=offsets is not None, HAS_LENGTHS=lengths is not None)
+        ROWS=offsets is not None, HAS_LENGTHS=lengths is not None, FAST_MOD=fast_mod, num_warps=num_warps)
     return idx, (rows if offsets is not None else None), state
 
 

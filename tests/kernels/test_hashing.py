@@ -22,10 +22,12 @@ def test_hash_kernel_equals_reference_and_hasher(ds_tokenizer, preset, device):
     lookback = torch.randint(0, hasher.compressed_vocab_size, (B, P), generator=g).to(device)
     lengths = torch.tensor([T, 0, 2]).to(device)
     for lut, x in ((consts["lookup"], ids), (None, consts["lookup"][ids])):  # raw, then compressed ids
-        got = hash_layers(x, lookback, consts["mult"], consts["primes"], consts["offsets"], lut, lengths)
         want = hash_layers_reference(x, lookback, consts["mult"], consts["primes"], consts["offsets"], lut, lengths)
-        for a, b in zip(got, want):
-            assert a.dtype == torch.int64 and torch.equal(a, b)
+        for fast_mod in (True, False):  # the float64-quotient modulo and the int64 one
+            got = hash_layers(x, lookback, consts["mult"], consts["primes"], consts["offsets"], lut, lengths,
+                              fast_mod=fast_mod)
+            for a, b in zip(got, want):
+                assert a.dtype == torch.int64 and torch.equal(a, b)
     with kernels.backend("reference"):                            # NgramHasher's own numpy path
         state = hasher.new_state(B)
         state.ids[:] = lookback.cpu().numpy()
@@ -48,3 +50,18 @@ def test_hasher_dispatches_to_the_kernel_chunk_by_chunk(demo_hasher, device):
     assert torch.equal(torch.cat([p[1] for p in parts], dim=2).cpu(), rows)
     with kernels.backend("triton"), pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
         demo_hasher.hash_and_rows((ids + 10**6).to(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_small_primes_take_the_exact_int64_modulo(ds_tokenizer, device):
+    """Primes below 2**13 (test geometries) would break the float64 quotient's error bound: the
+    kernel picks the int64 modulo for them by itself."""
+    from kernels.hashing import hash_layers, hash_layers_reference
+    from ..conftest import small_config
+    hasher = NgramHasher(small_config(), ds_tokenizer)
+    consts = hasher._consts(device)
+    assert int(consts["primes"].max()) < 1 << 13
+    ids = torch.randint(0, hasher.tokenizer.vocab_size, (2, 9)).to(device)
+    look = torch.full((2, 2), hasher.pad_id).to(device)
+    args = (ids, look, consts["mult"], consts["primes"], consts["offsets"], consts["lookup"])
+    assert all(torch.equal(a, b) for a, b in zip(hash_layers(*args), hash_layers_reference(*args)))
