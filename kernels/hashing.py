@@ -56,10 +56,10 @@ def _hash_kernel(ids_ptr, look_ptr, lut_ptr, len_ptr, mult_ptr, primes_ptr, offs
         # floor(mix / p) from a float64 product: its error is below |mix| / p * 2**-51 <= 2**12 / p
         # < 1/2 for p >= 2**13 (FAST_MOD is only set then), so the quotient is off by at most one and
         # one correction each way makes r = mix - q * p exact (int64 arithmetic wraps; r is small)
-        q = (col_mix.to(tl.float64) * (1.0 / p.to(tl.float64))).to(tl.float64)
-        r = col_mix - tl.floor(q).to(tl.int64) * p
-        r = tl.where(r < 0, r + p, r)
-        idx = tl.where(r >= p, r - p, r)
+        quotient = tl.floor(col_mix.to(tl.float64) * (1.0 / p.to(tl.float64))).to(tl.int64)
+        rest = col_mix - quotient * p
+        rest = tl.where(rest < 0, rest + p, rest)
+        idx = tl.where(rest >= p, rest - p, rest)
     else:
         idx = col_mix % p
         idx = tl.where(idx < 0, idx + p, idx)                    # remsi truncates; the reference floors
