@@ -91,7 +91,7 @@ _min_prime: dict = {}
 
 def hash_layers(ids: torch.Tensor, lookback: torch.Tensor, mult: torch.Tensor, primes: torch.Tensor,
                 offsets: torch.Tensor | None = None, lut: torch.Tensor | None = None,
-                lengths: torch.Tensor | None = None, block_t: int = 64, num_warps: int = 4,
+                lengths: torch.Tensor | None = None, block_t: int = 32, num_warps: int = 4,
                 fast_mod: bool | None = None):
     """ids int [B, T] (raw when `lut` is given, else compressed); lookback int64 [B, N-1];
     mult int64 [L, N]; primes, offsets int64 [L, C]; lengths int [B] or None.
