@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+import kernels
+
 from .config import EngramConfig
 from .demo_model import BackboneConfig, DemoModel
 from .hasher import NgramHasher
@@ -175,7 +177,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
            "decode_tokens": results["local"][0].decode_tokens, "backbone_parameters": backbone.parameters,
            "table_rows": sum(hasher.geometry.rows(layer) for layer in config.layer_ids),
            "table_bytes": hasher.geometry.total_bytes, "device_cache_bytes": cfg.device_cache_mb << 20,
-           "host_cache_bytes": cfg.host_cache_mb << 20, "policy": cfg.policy, "outputs_match": match}
+           "host_cache_bytes": cfg.host_cache_mb << 20, "policy": cfg.policy, "outputs_match": match,
+           "kernels": "triton" if kernels.use_triton(torch.empty(0, device=device)) else "reference"}
     for phase in ("prefill", "decode"):
         for mode in ("local", "remote"):
             out[f"{phase}_{mode}_tokens_per_s"] = med([getattr(r, f"{phase}_tokens_per_s") for r in results[mode]])
@@ -195,7 +198,8 @@ def report(out: dict) -> str:
     lines = [
         f"tables: {out['table_rows']:,} rows ({gib:.2f} GiB) via {out['mode']}; device cache "
         f"{out['device_cache_bytes'] >> 20} MiB ({out['table_bytes'] / out['device_cache_bytes']:.0f}x smaller than "
-        f"the tables), host cache {out['host_cache_bytes'] >> 20} MiB, policy {out['policy']}",
+        f"the tables), host cache {out['host_cache_bytes'] >> 20} MiB, policy {out['policy']}, "
+        f"{out.get('kernels', 'reference')} kernels",
         f"model: {out['backbone_parameters'] / 1e6:.0f}M backbone parameters, RANDOM weights (the output is not text; "
         f"the point is Engram's data path), {out['dtype']} on {out['device']}",
         f"workload: {out['sequences']} sequences, {out['prefill_tokens']:,} prompt tokens, then "
