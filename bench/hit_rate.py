@@ -138,10 +138,13 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(layers), figsize=(6.5 * len(layers), 4.8), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         mine = [r for r in rows if r["layer"] == layer]
-        for policy in dict.fromkeys(r["policy"] for r in mine if r["policy"] != "infinite"):
+        policies = list(dict.fromkeys(r["policy"] for r in mine if r["policy"] != "infinite"))
+        colors = plt.get_cmap("tab20").colors                 # more policies than the default 10 colors
+        for i, policy in enumerate(policies):
             pts = sorted((r["cache_fraction"], r["hit_rate"]) for r in mine if r["policy"] == policy)
-            style = {"belady": "k-", "lru": "C0--"}.get(policy, "-")
-            ax.plot([100 * x for x, _ in pts], [y for _, y in pts], style, marker="o", ms=3, label=policy)
+            color = "k" if policy == "belady" else colors[(2 * i) % 20 + (2 * i) // 20]
+            ls = "--" if policy.startswith("rowcache") else "-"  # the real cache dashed, the ideal solid
+            ax.plot([100 * x for x, _ in pts], [y for _, y in pts], ls, color=color, marker="o", ms=3, label=policy)
         ceiling = next(r["hit_rate"] for r in mine if r["policy"] == "infinite")
         ax.axhline(ceiling, color="gray", ls=":", label="infinite cache")
         ax.set_xscale("log")
