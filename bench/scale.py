@@ -66,12 +66,12 @@ def _proc_io(pids) -> tuple[int, int]:
 
 def _client(target, config_json, trace, step_rows, duration_s, start_at, results):
     import torch
-    from model_client import EngramConfig, MemoryClient, TableGeometry
+    from model_client import EngramConfig, MemoryClient, MemoryServiceError, TableGeometry
     from model_client.row_cache import RowCache
     config = EngramConfig.from_dict(config_json)
     table_rows = TableGeometry.from_config(config).rows(1)
     cache = RowCache(table_rows // 100 * config.row_bytes, config.row_bytes)  # 1% of the table
-    latencies, times, rows, hits, lookups = [], [], 0, 0, 0
+    latencies, times, rows, hits, lookups, errors = [], [], 0, 0, 0, []
     with MemoryClient(target, channels=2) as client:
         client.describe("layer1")
         while time.time() < start_at:
@@ -83,14 +83,18 @@ def _client(target, config_json, trace, step_rows, duration_s, start_at, results
             hit, _ = cache.lookup(ids)
             miss = ids[~hit]
             t0 = time.perf_counter()
-            got = client.lookup("layer1", miss.numpy())
+            try:
+                got = client.lookup("layer1", miss.numpy())
+            except MemoryServiceError as e:  # counted and reported, never a hang of the benchmark
+                errors.append(str(e))
+                continue
             latencies.append(time.perf_counter() - t0)
             times.append(t0 - t_start)
             cache.insert(miss, torch.from_numpy(got))
             rows += len(miss)
             hits += int(hit.sum())
             lookups += len(ids)
-        results.put((rows, time.perf_counter() - t_start, latencies, times, hits, lookups))
+        results.put((rows, time.perf_counter() - t_start, latencies, times, hits, lookups, errors))
 
 
 def run(cfg: ScaleBenchConfig) -> int:
@@ -120,7 +124,8 @@ def run(cfg: ScaleBenchConfig) -> int:
                 manifest = store.manifest("layer1")
             finally:
                 store.close()
-            with open(db / "data.mdb", "rb") as f:  # start cold: the table's pages out of the page cache
+            with open(db / "data.mdb", "rb+") as f:  # start cold: the table's pages out of the page cache
+                os.fsync(f.fileno())  # dirty pages are not dropped, and their writeback would stall reads
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             hasher = NgramHasher(config, tokenizer)
             seqs = tokens[:len(tokens) // 1024 * 1024].reshape(-1, 1024)
@@ -160,11 +165,16 @@ def run(cfg: ScaleBenchConfig) -> int:
                    "late_requests_per_s": late_rows / (cfg.duration_s / 3),
                    "device_hit_rate": sum(a[4] for a in answers) / max(1, sum(a[5] for a in answers)),
                    "disk_read_bytes": io1[0] - io0[0], "major_faults": io1[1] - io0[1],
-                   "page_cache_hit_rate": 1 - (io1[1] - io0[1]) / max(1, served), **info}
+                   "page_cache_hit_rate": 1 - (io1[1] - io0[1]) / max(1, served),
+                   "failed_requests": sum(len(a[6]) for a in answers), **info}
             rows_out.append(row)
             print(f"{gib:>5g} GiB: {row['service_rows_per_s']:>10,.0f} rows/s, p50 {row['p50_ms']:.2f} ms, "
                   f"p99 {row['p99_ms']:.2f} ms, disk read {row['disk_read_bytes'] / 2**20:,.0f} MiB, "
-                  f"page-cache hits {row['page_cache_hit_rate']:.1%}", flush=True)
+                  f"page-cache hits {row['page_cache_hit_rate']:.1%}, failed requests {row['failed_requests']}",
+                  flush=True)
+            for a in answers:
+                for error in a[6][:3]:
+                    print(f"      {error}", flush=True)
             if not cfg.keep:
                 shutil.rmtree(db, ignore_errors=True)
     finally:
