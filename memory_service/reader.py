@@ -20,19 +20,27 @@ from contextlib import contextmanager
 import numpy as np
 
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
-from .store import DROPPING, StoreError, TableStore, chunk_key
+from . import chunk_map
+from .store import DROPPING, StoreError, TableStore, chunk_key, manifest_key
 
 
 class TableView:
-    def __init__(self, manifest: TableManifest, txn, rows_db):
+    def __init__(self, manifest: TableManifest, txn, store: TableStore, base: int, limit: int):
         self.manifest = manifest
         addresses, lengths = [], []
+        self.chunks_read = 0  # chunks located by a get, which reads the whole chunk (chunk_map.py)
         for index in range(manifest.num_chunks):  # once per snapshot, not per lookup
-            buf = txn.get(chunk_key(manifest.table, manifest.version, index), db=rows_db)
-            if buf is None:
-                raise StoreError("DATA_LOSS", f"{manifest.table} v{manifest.version}: chunk {index} is missing")
-            addresses.append(np.frombuffer(buf, dtype=np.uint8).ctypes.data)
-            lengths.append(len(buf))
+            key = chunk_key(manifest.table, manifest.version, index)
+            nbytes = min(manifest.chunk_rows, manifest.num_rows - index * manifest.chunk_rows) * manifest.row_bytes
+            address = chunk_map.locate(txn, store.pages, base, limit, key, nbytes)
+            if address is None:
+                buf = txn.get(key, db=store.rows)
+                if buf is None:
+                    raise StoreError("DATA_LOSS", f"{manifest.table} v{manifest.version}: chunk {index} is missing")
+                address, nbytes = chunk_map.address_of(buf), len(buf)
+                self.chunks_read += 1
+            addresses.append(address)
+            lengths.append(nbytes)
         addresses = np.array(addresses, dtype=np.int64)
         base = int(addresses.min())
         span = int((addresses + np.array(lengths)).max()) - base
@@ -95,6 +103,9 @@ class Snapshot:
         self.store = store
         self.txn = store.env.begin(buffers=True)
         self.txnid = self.txn.id()
+        psize = store.env.stat()["psize"]
+        self.limit = (store.env.info()["last_pgno"] + 1) * psize  # bytes of the file in use
+        self._base, self._psize = None, psize
         self.views: dict[tuple[str, int], TableView] = {}
         self.users, self.retired = 0, False
         self.lock = threading.Lock()
@@ -111,7 +122,11 @@ class Snapshot:
                                          f"({done:.0%} of rows written); only ready or published "
                                          "versions serve reads")
                     assert manifest.status in (READY, PUBLISHED)
-                    self.views[(table, manifest.version)] = view = TableView(manifest, self.txn, self.store.rows)
+                    if self._base is None:  # from the manifest's own page (chunk_map.py)
+                        self._base = chunk_map.map_base(self.txn, self.store.meta,
+                                                        manifest_key(table, manifest.version), self._psize)
+                    self.views[(table, manifest.version)] = view = TableView(
+                        manifest, self.txn, self.store, self._base, self.limit)
                     if version == 0:
                         self.views[key] = view
         return self.views[key]

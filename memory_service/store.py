@@ -10,6 +10,7 @@ Named databases:
          b"current/<table>"                  -> published version (8 BE)
   rows:  b"<table>\\0<version:8 BE><chunk:8 BE>" -> chunk bytes (chunk_rows * row_bytes; last may be short)
   crc:   same key as rows                    -> crc32 of the chunk (4 BE)
+  pages: same key as rows                    -> the chunk's file offset and fingerprint (chunk_map.py)
 
 Versions move LOADING -> READY -> PUBLISHED. A load commits every ~256 MiB, so a killed load leaves a
 LOADING version that `info` lists and `drop` removes; readers only ever see READY or PUBLISHED versions,
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import lmdb
 
+from . import chunk_map
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
 
 DEFAULT_MAP_SIZE = 1 << 40      # 1 TiB of address space; the file only grows as rows are written
@@ -93,6 +95,10 @@ class TableStore:
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.rows = self.env.open_db(b"rows", create=not readonly)
         self.crc = self.env.open_db(b"crc", create=not readonly)
+        try:  # stores written before chunk maps existed have no `pages`: readers fall back to get
+            self.pages = self.env.open_db(b"pages", create=not readonly)
+        except lmdb.NotFoundError:
+            self.pages = None
 
     def close(self) -> None:
         self.env.close()
@@ -153,7 +159,7 @@ class TableStore:
     def write_chunks(self, manifest: TableManifest, chunks, progress=None) -> None:
         """Write (chunk_index, bytes) pairs, committing every `commit_bytes`; each chunk must be whole
         (chunk_rows rows, fewer only for the last chunk)."""
-        pending, pending_rows = 0, 0
+        pending, pending_rows, keys = 0, 0, []
         txn = self.env.begin(write=True)
         try:
             for index, data in chunks:
@@ -161,6 +167,7 @@ class TableStore:
                 key = chunk_key(manifest.table, manifest.version, index)
                 txn.put(key, data, db=self.rows)
                 txn.put(key, struct.pack(">I", zlib.crc32(data)), db=self.crc)
+                keys.append(key)
                 pending += len(data)
                 pending_rows += len(data) // manifest.row_bytes
                 if progress is not None:
@@ -168,12 +175,26 @@ class TableStore:
                 if pending >= self.commit_bytes:
                     self._bump_rows_written(txn, manifest, pending_rows)
                     txn.commit()
-                    txn, pending, pending_rows = self.env.begin(write=True), 0, 0
+                    self._record_pages(keys)
+                    txn, pending, pending_rows, keys = self.env.begin(write=True), 0, 0, []
             self._bump_rows_written(txn, manifest, pending_rows)
             txn.commit()
+            self._record_pages(keys)
         except BaseException:
             txn.abort()
             raise
+
+    def _record_pages(self, keys: list[bytes]) -> None:
+        """Note where just-committed chunks live in the file (their pages are still cached, so the
+        get's pre-faulting costs memory reads, not disk reads); see chunk_map.py."""
+        if self.pages is None or not keys:
+            return
+        psize = self.env.stat()["psize"]
+        with self.env.begin(buffers=True) as txn:
+            entries = [(key, chunk_map.entry_for(key, txn.get(key, db=self.rows), psize)) for key in keys]
+        with self.env.begin(write=True, db=self.pages) as txn:
+            for key, entry in entries:
+                txn.put(key, entry)
 
     def _check_chunk(self, manifest: TableManifest, index: int, nbytes: int) -> None:
         if not 0 <= index < manifest.num_chunks:
@@ -265,6 +286,8 @@ class TableStore:
                     key = chunk_key(table, version, index)
                     txn.delete(key, db=self.rows)
                     txn.delete(key, db=self.crc)
+                    if self.pages is not None:
+                        txn.delete(key, db=self.pages)
         with self.env.begin(write=True, db=self.meta) as txn:
             txn.delete(manifest_key(table, version))
 

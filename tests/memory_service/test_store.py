@@ -118,3 +118,33 @@ def test_partial_versions_are_invisible_until_complete(tmp_path):
     assert s.manifests() == [] and s.current_version("layer1") == 0
     reader.close()
     s.close()
+
+
+def test_chunks_are_located_without_reading_them_and_bad_entries_fall_back(tmp_path):
+    """A reader places chunks from the `pages` map (no get, which would pre-fault whole chunks:
+    a full read of tables beyond RAM); a wrong, stale or missing entry falls back to the get and
+    the rows stay exact."""
+    import struct
+    from memory_service.store import chunk_key
+    layer = next(iter(DTYPE_LAYERS))
+    manifest = fill_store(tmp_path / "db")[layer]
+    expect = expected_rows(layer)
+    ids = np.random.default_rng(3).integers(0, manifest.num_rows, 3000)
+    s = TableStore(tmp_path / "db")
+    with StoreReader(s).snapshot() as snap:
+        view = snap.view(manifest.table, 0)
+        assert view.chunks_read == 0
+        assert np.array_equal(view.gather(ids), expect[ids])
+    with s.env.begin(write=True, db=s.pages) as txn:
+        entry = bytes(txn.get(chunk_key(manifest.table, manifest.version, 0)))
+        txn.put(chunk_key(manifest.table, manifest.version, 0), struct.pack(">Q", 1 << 40) + entry[8:])  # beyond the file
+        txn.put(chunk_key(manifest.table, manifest.version, 1), entry)        # chunk 0's entry: another owner
+        moved = bytearray(bytes(txn.get(chunk_key(manifest.table, manifest.version, 3))))
+        moved[:8] = entry[:8]                                                  # chunk 3 "moved": data differs
+        txn.put(chunk_key(manifest.table, manifest.version, 3), bytes(moved))
+        txn.delete(chunk_key(manifest.table, manifest.version, 2))            # missing
+    with StoreReader(s).snapshot() as snap:
+        view = snap.view(manifest.table, 0)
+        assert view.chunks_read == 4
+        assert np.array_equal(view.gather(ids), expect[ids])
+    s.close()
