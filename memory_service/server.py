@@ -47,6 +47,10 @@ class ServiceConfig:
     create: bool = field(default=False, metadata={
         "help": "create an empty store if --db does not exist (tables then come through AdminService)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    shared_memory: bool = field(default=True, metadata={
+        "help": "let clients on this host receive rows through their own /dev/shm segment instead of "
+                "the gRPC transport (any local process that can reach the port can then have rows "
+                "written into an 'engram-*' segment it names)"})
 
     def __post_init__(self):
         def check(name, ok, why):
@@ -109,7 +113,7 @@ def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
                          options=[
         ("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit)])
-    memory = MemoryServicer(store, reader, cfg.max_request_rows, limit)
+    memory = MemoryServicer(store, reader, cfg.max_request_rows, limit, cfg.shared_memory)
     add_to_server(memory, AdminServicer(store, memory), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -19,6 +19,7 @@ from . import metrics, wire
 from .logs import log
 from .manifest import TableManifest
 from .reader import StoreReader
+from .shared_segments import SharedSegments
 from .store import StoreError, TableStore
 
 logger = logging.getLogger("engram_memory")
@@ -64,8 +65,10 @@ class _Rpc:
 
 
 class MemoryServicer(pb2_grpc.MemoryServiceServicer):
-    def __init__(self, store: TableStore, reader: StoreReader, max_request_rows: int, max_message_bytes: int):
+    def __init__(self, store: TableStore, reader: StoreReader, max_request_rows: int, max_message_bytes: int,
+                 shared_memory: bool = True):
         self.store, self.reader = store, reader
+        self.segments = SharedSegments(enabled=shared_memory)
         self.max_request_rows, self.max_message_bytes = max_request_rows, max_message_bytes
         self.started = time.time()
         self.counts = {"requests": 0, "rows": 0, "bytes": 0, "errors": 0}
@@ -114,8 +117,14 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                                          f"{n * m.row_bytes} B; responses are limited to "
                                          f"{self.max_message_bytes} B = {self.max_message_bytes // m.row_bytes} "
                                          "rows of this table: split the batch")
-                    data = wire.lookup_response(m.table, m.version, m.row_bytes, n,
-                                                lambda out: view.gather_into(ids, out), request.request_id)
+                    if request.shm_name:  # same host: the rows go straight into the client's segment
+                        view.gather_into(ids, self.segments.rows(request.shm_name, request.shm_offset, n,
+                                                                 m.row_bytes))
+                        data = wire.lookup_response(m.table, m.version, m.row_bytes, n, None,
+                                                    request.request_id, rows_in_shm=True)
+                    else:
+                        data = wire.lookup_response(m.table, m.version, m.row_bytes, n,
+                                                    lambda out: view.gather_into(ids, out), request.request_id)
                 metrics.ROWS.labels(rpc, call.table).inc(n)
                 metrics.BYTES.labels(rpc, call.table).inc(n * m.row_bytes)
                 self.counts["rows"] += n

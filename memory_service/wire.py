@@ -13,7 +13,7 @@ import ctypes
 import numpy as np
 
 # field number << 3 | wire type (0: varint, 2: length-delimited)
-_TABLE, _VERSION, _ROW_BYTES, _NUM_ROWS, _ROWS, _REQUEST_ID = 0x0A, 0x10, 0x18, 0x20, 0x2A, 0x30
+_TABLE, _VERSION, _ROW_BYTES, _NUM_ROWS, _ROWS, _REQUEST_ID, _IN_SHM = 0x0A, 0x10, 0x18, 0x20, 0x2A, 0x30, 0x38
 
 
 def varint(value: int) -> bytes:
@@ -39,29 +39,32 @@ def new_bytes(size: int) -> tuple[bytes, np.ndarray]:
     return data, view
 
 
-def lookup_response(table: str, version: int, row_bytes: int, num_rows: int, fill, request_id: int = 0) -> bytes:
+def lookup_response(table: str, version: int, row_bytes: int, num_rows: int, fill, request_id: int = 0,
+                    rows_in_shm: bool = False) -> bytes:
     """Serialized LookupResponse; fill(uint8 [num_rows, row_bytes]) writes the rows in place, so
-    they are copied once, from the table into the message."""
+    they are copied once, from the table into the message (rows_in_shm: fill is None, no rows)."""
     name = table.encode()
+    body = 0 if rows_in_shm else num_rows * row_bytes
     head = b"".join([bytes([_TABLE]), varint(len(name)), name, bytes([_VERSION]), varint(version),
                      bytes([_ROW_BYTES]), varint(row_bytes), bytes([_NUM_ROWS]), varint(num_rows),
-                     bytes([_ROWS]), varint(num_rows * row_bytes)])
-    tail = bytes([_REQUEST_ID]) + varint(request_id) if request_id else b""
-    body = num_rows * row_bytes
+                     bytes([_ROWS]), varint(body)])
+    tail = (bytes([_REQUEST_ID]) + varint(request_id) if request_id else b"") + (
+        bytes([_IN_SHM, 1]) if rows_in_shm else b"")
     data, view = new_bytes(len(head) + body + len(tail))
     view[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-    fill(view[len(head):len(head) + body].reshape(num_rows, row_bytes))
+    if not rows_in_shm:
+        fill(view[len(head):len(head) + body].reshape(num_rows, row_bytes))
     view[len(head) + body:] = np.frombuffer(tail, dtype=np.uint8)
     return data
 
 
 class LookupAnswer:
     """A parsed LookupResponse whose `rows` is a zero-copy view into the received bytes."""
-    __slots__ = ("table", "version", "row_bytes", "num_rows", "rows", "request_id")
+    __slots__ = ("table", "version", "row_bytes", "num_rows", "rows", "request_id", "rows_in_shm")
 
     def __init__(self):
         self.table, self.version, self.row_bytes, self.num_rows, self.request_id = "", 0, 0, 0, 0
-        self.rows = memoryview(b"")
+        self.rows, self.rows_in_shm = memoryview(b""), False
 
 
 def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
@@ -93,6 +96,8 @@ def parse_lookup_response(data: bytes) -> LookupAnswer:
                 out.num_rows = value
             elif field == 6:
                 out.request_id = value
+            elif field == 7:
+                out.rows_in_shm = bool(value)
         elif kind == 2:
             length, pos = _read_varint(view, pos)
             if pos + length > len(view):

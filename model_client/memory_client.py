@@ -24,6 +24,7 @@ from .config import EngramConfig
 from .lookup_stream import LookupStream
 from .malloc import keep_large_buffers
 from .row_format import RowFormat
+from .shared_arena import SharedArena
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
@@ -34,6 +35,15 @@ class MemoryServiceError(RuntimeError):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(f"{code.name}: {message}")
         self.code = code
+
+
+def _is_loopback(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]") if not target.startswith("unix:") else "unix"
+    return host in ("127.0.0.1", "localhost", "::1", "unix") or host.startswith("127.")
+
+
+def _about_shared_memory(message: str) -> bool:
+    return "shared-memory" in message or "shared memory" in message
 
 
 def deduplicate(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +64,8 @@ class MemoryClient:
     # 4.2e6 / 6.4e6 rows/s as one request, 4.8e6 / 7.8e6 at 8 MiB, 5.5e6 / 7.6e6 at 4 MiB.
     def __init__(self, target: str | list[str], channels: int = 4, timeout_s: float = 30.0,
                  max_rows_per_request: int = 1 << 20, request_bytes: int = 4 << 20, retries: int = 5,
-                 backoff_s: float = 0.05, max_message_mb: int = 256, stream_idle_s: float = 5.0):
+                 backoff_s: float = 0.05, max_message_mb: int = 256, stream_idle_s: float = 5.0,
+                 shared_memory: bool | None = None):
         if channels < 1:
             raise ValueError(f"channels must be >= 1 (got {channels})")
         if max_rows_per_request < 1:
@@ -81,6 +92,15 @@ class MemoryClient:
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.max_rows_per_request, self.request_bytes = max_rows_per_request, request_bytes
         self._manifests: dict[tuple[str, int], TableManifest] = {}
+        # Same host: rows come back through a shared-memory segment instead of the transport
+        # (shared_memory=None: when every target is a loopback address). A server that cannot
+        # reach the segment answers FAILED_PRECONDITION and the client stops asking.
+        self._arena, self._rotate_after = None, False
+        if shared_memory or (shared_memory is None and all(_is_loopback(t) for t in targets)):
+            try:
+                self._arena = SharedArena()
+            except OSError:
+                self._arena = None
 
     # ---- catalog ------------------------------------------------------------------------------------
     def describe(self, table: str, version: int = 0, refresh: bool = False) -> TableManifest:
@@ -138,6 +158,9 @@ class MemoryClient:
         else:
             rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
             np.take(rows, inverse, axis=0, out=out)
+        if self._rotate_after and self._arena is not None:
+            self._rotate_after = False
+            self._arena.rotate()
         return out
 
     def lookup_values(self, table: str, row_ids, version: int = 0) -> np.ndarray:
@@ -151,28 +174,56 @@ class MemoryClient:
             return [np.empty((0, row_bytes), dtype=np.uint8)]
         step = max(1, min(self.max_rows_per_request, self.request_bytes // row_bytes))
         pieces = [unique[i:i + step] for i in range(0, len(unique), step)]
-        answers = self._send_all(table, pieces, [version] * len(pieces))
-        versions = {a.version for a in answers}
-        if len(versions) > 1:  # a publish landed between pieces: refetch the stragglers pinned
-            newest = max(versions)
-            stale = [i for i, a in enumerate(answers) if a.version != newest]
-            for i, a in zip(stale, self._send_all(table, [pieces[i] for i in stale], [newest] * len(stale))):
-                answers[i] = a
+        shm, arena = None, self._arena
+        if arena is not None:  # piece i's rows go to the segment at the offset of its first row
+            name, buffer = arena.buffer(len(unique) * row_bytes)
+            shm = [(name, i * step * row_bytes) for i in range(len(pieces))]
+        try:
+            answers = self._send_all(table, pieces, [version] * len(pieces), shm)
+            versions = {a.version for a in answers}
+            if len(versions) > 1:  # a publish landed between pieces: refetch the stragglers pinned
+                newest = max(versions)
+                stale = [i for i, a in enumerate(answers) if a.version != newest]
+                again = self._send_all(table, [pieces[i] for i in stale], [newest] * len(stale),
+                                       [shm[i] for i in stale] if shm else None)
+                for i, a in zip(stale, again):
+                    answers[i] = a
+        except MemoryServiceError as e:
+            if arena is None:
+                raise
+            arena.rotate()  # an abandoned request may still write its rows: never into a live segment
+            if e.code != grpc.StatusCode.FAILED_PRECONDITION or not _about_shared_memory(str(e)):
+                raise
+            self._arena = None  # this server cannot reach our segments: use the transport from now on
+            arena.close()
+            return self._fetch(table, unique, version, row_bytes)
         if answers[0].version != self._manifests[(table, version)].version:
             self._manifests.pop((table, version))  # a new version is published: re-read its manifest
         parts = []
-        for piece, answer in zip(pieces, answers):
+        for i, (piece, answer) in enumerate(zip(pieces, answers)):
+            if shm is not None:
+                if not answer.rows_in_shm or answer.num_rows != len(piece) or answer.row_bytes != row_bytes:
+                    arena.rotate()
+                    raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"table {table}: the server answered "
+                                             f"{answer.num_rows} rows of {answer.row_bytes} B, "
+                                             f"rows_in_shm={answer.rows_in_shm}, for {len(piece)} rows")
+                start = shm[i][1]
+                parts.append(buffer[start:start + len(piece) * row_bytes].reshape(-1, row_bytes))
+                continue
             if answer.row_bytes != row_bytes or len(answer.rows) != len(piece) * row_bytes:
                 raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"table {table}: response of "
                                          f"{len(answer.rows)} B for {len(piece)} rows of {row_bytes} B")
             parts.append(np.frombuffer(answer.rows, dtype=np.uint8).reshape(-1, row_bytes))
         return parts
 
-    def _send_all(self, table: str, pieces, versions) -> list:
+    def _send_all(self, table: str, pieces, versions, shm=None) -> list:
         """Send every piece at once, each on its own channel's stream, and wait for all answers; a
-        piece whose stream failed with UNAVAILABLE is retried as a unary call with backoff."""
+        piece whose stream failed with UNAVAILABLE is retried as a unary call with backoff.
+        shm: per piece (segment name, byte offset) for rows written into shared memory."""
         requests = [pb2.LookupRequest(table=table, version=v, row_ids=p.astype("<i8", copy=False).tobytes())
                     for p, v in zip(pieces, versions)]
+        for request, (name, offset) in zip(requests, shm or ()):
+            request.shm_name, request.shm_offset = name, offset
         first = self._next
         self._next += len(requests)
         started = time.monotonic()
@@ -190,6 +241,8 @@ class MemoryClient:
                 if e.code() not in RETRYABLE:
                     raise MemoryServiceError(e.code(), f"Lookup (table {table}): {e.details()}") from None
                 answers.append(self._call("Lookup", request, first + i + 1))
+                if shm and self._arena is not None:
+                    self._rotate_after = True  # the failed attempt may still write: next lookup elsewhere
         return answers
 
     # ---- transport ----------------------------------------------------------------------------------
@@ -222,6 +275,8 @@ class MemoryClient:
 
     def close(self) -> None:
         self._closed.set()
+        if self._arena is not None:
+            self._arena.close()
         for stream in self._streams:
             stream.close()
         for channel in self._channels:
