@@ -29,6 +29,9 @@ class ServiceBenchConfig:
     workers: int = field(default=0, metadata={"help": "server processes (0: one per CPU core)"})
     clients: list[int] = field(default_factory=lambda: [1, 4], metadata={
         "type": int, "help": "numbers of client processes to measure"})
+    transports: list[str] = field(default_factory=lambda: ["grpc", "shm"], metadata={
+        "help": "how rows come back: grpc (in the response) and/or shm (the client's shared-memory "
+                "segment, same host only)"})
     target: str = field(default="", metadata={
         "help": "measure a running service at host:port instead (its published tables; no floors)"})
     db: str = field(default="", metadata={
@@ -40,13 +43,17 @@ class ServiceBenchConfig:
             raise ValueError(f"ServiceBenchConfig.duration_s must be > 0 (got {self.duration_s})")
         if not self.clients or min(self.clients) < 1:
             raise ValueError(f"ServiceBenchConfig.clients must list numbers >= 1 (got {self.clients})")
+        if not self.transports or not set(self.transports) <= {"grpc", "shm"}:
+            raise ValueError(f"ServiceBenchConfig.transports must list grpc and/or shm (got {self.transports})")
 
 
-def _client(target, table, size, num_rows, duration_s, seed, start_at, results):
+def _client(target, table, size, num_rows, duration_s, seed, start_at, results, shm=False):
     """One client process: lookups of one batch size until the deadline; reports its latencies."""
     from model_client import MemoryClient
     ids = floors_mod.batches(num_rows, size, 32, seed)
-    with MemoryClient(target, channels=4) as client:
+    with MemoryClient(target, channels=4, shared_memory=shm) as client:
+        if shm and client._arena is None:
+            raise RuntimeError("shared memory was asked for but is not available")
         for x in ids[:4]:
             client.lookup(table, x)
         while time.time() < start_at:
@@ -62,12 +69,12 @@ def _client(target, table, size, num_rows, duration_s, seed, start_at, results):
         results.put((rows, time.perf_counter() - t_start, latencies))
 
 
-def measure_service(target, table, size, num_rows, clients, duration_s) -> dict:
+def measure_service(target, table, size, num_rows, clients, duration_s, shm: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     start_at = time.time() + 3.0 + 0.5 * clients  # every client connected and warm before the clock starts
-    procs = [ctx.Process(target=_client, args=(target, table, size, num_rows, duration_s, 100 + c, start_at, results))
-             for c in range(clients)]
+    procs = [ctx.Process(target=_client, args=(target, table, size, num_rows, duration_s, 100 + c, start_at,
+                                               results, shm)) for c in range(clients)]
     for p in procs:
         p.start()
     answers = [results.get(timeout=120) for _ in procs]
@@ -141,16 +148,18 @@ def run(cfg: ServiceBenchConfig) -> int:
                 for size in floors_mod.BATCHES:
                     floor = next(r for r in rows if r["path"] == "in-ram np.take" and r["row_bytes"] == row_bytes
                                  and r["batch_rows"] == size)
-                    for clients in cfg.clients:
+                    for transport, clients in [(t, c) for t in cfg.transports for c in cfg.clients]:
                         result = measure_service(target, manifest.table, size, manifest.num_rows, clients,
-                                                 cfg.duration_s)
-                        row = {"bench": "service", "path": f"grpc, {clients} client process(es)",
+                                                 cfg.duration_s, shm=transport == "shm")
+                        rows_via = "rows in the response" if transport == "grpc" else "rows via shm"
+                        row = {"bench": "service", "path": f"grpc, {rows_via}, {clients} client(s)",
+                               "transport": transport,
                                "row_bytes": row_bytes, "batch_rows": size, "clients": clients,
                                "table_rows": manifest.num_rows,
                                "server_workers": cfg.workers or min(8, os.cpu_count() or 1), **result,
                                "ratio_to_floor": result["rows_per_s"] / floor["rows_per_s"], **info}
                         rows.append(row)
-                        print(f"  {row_bytes} B x {size:>6} rows, {clients} client(s): {row['rows_per_s']:>12,.0f} "
+                        print(f"  {transport:<4} {row_bytes} B x {size:>6} rows, {clients} client(s): {row['rows_per_s']:>12,.0f} "
                               f"rows/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
                               f"{row['ratio_to_floor']:.1%} of np.take", flush=True)
             finally:
@@ -166,8 +175,8 @@ def run(cfg: ServiceBenchConfig) -> int:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'path':<30}{'row B':>6}{'batch':>8}{'rows/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'vs np.take':>11}")
+    print(f"\n{'path':<44}{'row B':>6}{'batch':>8}{'rows/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'vs np.take':>11}")
     for r in rows:
         ratio = f"{r['ratio_to_floor']:.1%}" if "ratio_to_floor" in r else "-"
-        print(f"{r['path']:<30}{r['row_bytes']:>6}{r['batch_rows']:>8}{r['rows_per_s']:>14,.0f}"
+        print(f"{r['path']:<44}{r['row_bytes']:>6}{r['batch_rows']:>8}{r['rows_per_s']:>14,.0f}"
               f"{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{ratio:>11}")

@@ -55,6 +55,9 @@ class TableView:
         # caller's buffer. 256 B rows: g = 256, k = 1; 160 B rows: g = 32, k = 5.
         self.rows = np.ndarray(shape=(span - rb + 1,), dtype=np.dtype((np.void, rb)), buffer=memory, strides=(1,))
         self.rows.flags.writeable = False
+        # each chunk is contiguous: one [rows, row_bytes] array per chunk for sorted batches (below)
+        self.chunk_views = [np.ndarray((n // rb, rb), dtype=np.uint8, buffer=memory, offset=int(o))
+                            for o, n in zip(self.chunk_offsets, lengths)]
         self.unit = math.gcd(rb, *map(int, self.chunk_offsets))
         self.per_row = rb // self.unit
         self.units = None
@@ -77,9 +80,27 @@ class TableView:
         chunk = row_ids >> self.shift
         return self.chunk_offsets[chunk] + (row_ids - (chunk << self.shift)) * self.manifest.row_bytes
 
+    def _by_chunk(self, row_ids: np.ndarray, out: np.ndarray) -> bool:
+        """Sorted batches (what clients send after deduplicating), rows not a divisor of the page
+        alignment (e.g. 160 B): one contiguous np.take per chunk touched, 2.6 -> 2.2 ms per 65,536
+        rows of 160 B here, where the strided fancy index below is slower. False: not worth it."""
+        if len(row_ids) < 4096 or not bool(np.all(row_ids[1:] >= row_ids[:-1])):
+            return False
+        chunk = row_ids >> self.shift
+        cuts = np.flatnonzero(chunk[1:] != chunk[:-1]) + 1
+        if len(cuts) * 64 > len(row_ids):  # a few rows per chunk: per-call overhead would dominate
+            return False
+        local = row_ids & ((1 << self.shift) - 1)
+        bounds = [0, *cuts.tolist(), len(row_ids)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            np.take(self.chunk_views[int(chunk[a])], local[a:b], axis=0, out=out[a:b], mode="clip")
+        return True
+
     def gather_into(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Rows of int64 ids [N] into the caller's uint8 [N, row_bytes]; out-of-range ids raise."""
         self.check(row_ids)
+        if self.per_row > 1 and self._by_chunk(row_ids, out):
+            return out
         offsets = self._offsets(row_ids)
         if self.units is None:
             out[...] = self.rows[offsets].view(np.uint8).reshape(out.shape)
@@ -95,6 +116,9 @@ class TableView:
         if self.per_row == 1:
             return self.gather_into(row_ids, np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8))
         self.check(row_ids)  # whole rows in one fancy index beat k units per row when no copy follows
+        out = np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8)
+        if self._by_chunk(row_ids, out):
+            return out
         return self.rows[self._offsets(row_ids)].view(np.uint8).reshape(len(row_ids), self.manifest.row_bytes)
 
 

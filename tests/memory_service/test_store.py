@@ -42,6 +42,13 @@ def test_gather_is_bit_exact_for_every_dtype(store, layer):
     np.testing.assert_array_equal(rows, expect[ids])
     _, everything = reader.lookup(m.table, m.version, np.arange(m.num_rows))
     np.testing.assert_array_equal(everything, expect)
+    sorted_ids = np.unique(rng.integers(0, m.num_rows, 6000))            # a client's deduplicated batch
+    with reader.snapshot() as snap:
+        view = snap.view(m.table, 0)
+        np.testing.assert_array_equal(view.gather(sorted_ids), expect[sorted_ids])
+        out = np.empty((len(sorted_ids), m.row_bytes), dtype=np.uint8)
+        np.testing.assert_array_equal(view.gather_into(sorted_ids, out), expect[sorted_ids])
+        assert view._by_chunk(sorted_ids, out) == (len(sorted_ids) >= 64 * (m.num_chunks - 1))
     assert reader.lookup(m.table, 0, np.array([], dtype=np.int64))[1].shape == (0, m.row_bytes)
     reader.close()
 
