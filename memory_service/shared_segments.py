@@ -50,7 +50,8 @@ class SharedSegments:
             entry = self._maps.get(name)
             if entry is not None:
                 try:
-                    inode = os.stat(path).st_ino
+                    st = os.stat(path)
+                    inode = st.st_ino if st.st_size >= len(entry[1]) else -1  # shrunk: remap
                 except OSError:
                     inode = -1
                 if inode == entry[2]:
@@ -66,6 +67,11 @@ class SharedSegments:
                 size, inode = os.fstat(fd).st_size, os.fstat(fd).st_ino
                 if size == 0:
                     raise StoreError("INVALID_ARGUMENT", f"shared-memory segment {name} is empty")
+                try:  # a sparse segment on a full /dev/shm would SIGBUS this process at the write
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as e:
+                    raise StoreError("FAILED_PRECONDITION", f"shared-memory segment {name} cannot be "
+                                     f"backed ({e.strerror}): /dev/shm is full") from None
                 segment = mmap.mmap(fd, size)
             finally:
                 os.close(fd)

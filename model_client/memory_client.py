@@ -176,7 +176,12 @@ class MemoryClient:
         pieces = [unique[i:i + step] for i in range(0, len(unique), step)]
         shm, arena = None, self._arena
         if arena is not None:  # piece i's rows go to the segment at the offset of its first row
-            name, buffer = arena.buffer(len(unique) * row_bytes)
+            try:
+                name, buffer = arena.buffer(len(unique) * row_bytes)
+            except OSError:  # /dev/shm too small for this lookup: the transport from now on
+                self._arena = None
+                arena.close()
+                return self._fetch(table, unique, version, row_bytes)
             shm = [(name, i * step * row_bytes) for i in range(len(pieces))]
         try:
             answers = self._send_all(table, pieces, [version] * len(pieces), shm)

@@ -39,7 +39,8 @@ class SharedArena:
         self._finalizers: list = []  # every thread's segments, for close()
 
     def buffer(self, nbytes: int) -> tuple[str, np.ndarray]:
-        """(segment name, uint8 array of at least nbytes) for this thread's next lookup."""
+        """(segment name, uint8 array of at least nbytes) for this thread's next lookup; OSError
+        when /dev/shm cannot hold it."""
         current = getattr(self._local, "segment", None)
         if current is None or len(current[1]) < nbytes:
             self.rotate(max(nbytes, self.min_bytes, 2 * len(current[1]) if current else 0))
@@ -56,8 +57,13 @@ class SharedArena:
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, size)
+            # reserve the pages now: a sparse segment on a full /dev/shm (containers get 64 MiB)
+            # would kill whichever process writes first with SIGBUS; this fails with ENOSPC instead
+            os.posix_fallocate(fd, 0, size)
             segment = mmap.mmap(fd, size)
+        except OSError:
+            os.unlink(path)
+            raise
         finally:
             os.close(fd)
         array = np.frombuffer(segment, dtype=np.uint8)

@@ -86,3 +86,18 @@ def test_bad_segment_requests_are_refused_clearly(store_path, tmp_path):
         assert answer.num_rows == 10 and not answer.rows_in_shm          # still serving
     finally:
         server.stop()
+
+
+def test_a_segment_that_does_not_fit_fails_cleanly(monkeypatch):
+    """No space in /dev/shm: ENOSPC at creation (never a SIGBUS at the first write), nothing left."""
+    import errno
+    from model_client.shared_arena import SharedArena
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    before = our_segments()
+    arena = SharedArena()
+    with pytest.raises(OSError):
+        arena.buffer(1 << 20)
+    assert our_segments() == before
