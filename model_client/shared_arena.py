@@ -1,7 +1,8 @@
 """SharedArena: a client's shared-memory segment that a memory server on the same host writes rows into.
 
-One segment per MemoryClient and thread, created under /dev/shm with mode 0600 and a random name,
-grown (replaced) when a lookup needs more room, and unlinked on close. The server maps it by name
+One segment per MemoryClient and thread, created under /dev/shm with mode 0600 and a name that
+carries the creator's pid, grown (replaced) when a lookup needs more room, and unlinked on close;
+segments of dead processes (kill -9) are unlinked by the next arena created on the host. The server maps it by name
 (LookupRequest.shm_name) and gathers rows straight into it at the offset the client chose, so rows
 skip gRPC's transport. After any failed or retried call the client `rotate`s to a fresh segment:
 a request it gave up on may still be written late, and must land where nobody reads.
@@ -30,10 +31,32 @@ def _unlink(path: str, segment: mmap.mmap) -> None:
         pass
 
 
+def reap_orphans() -> int:
+    """Unlink segments of client processes that died without cleaning up (kill -9): the name
+    carries the creator's pid. Returns how many went."""
+    gone = 0
+    for name in os.listdir(SHM_DIR):
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "engram" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                gone += 1
+            except OSError:
+                pass
+        except OSError:  # alive, another user's
+            pass
+    return gone
+
+
 class SharedArena:
     def __init__(self, min_bytes: int = 16 << 20):
         if not os.path.isdir(SHM_DIR):
             raise OSError(f"{SHM_DIR} is missing: no POSIX shared memory here")
+        reap_orphans()
         self.min_bytes = min_bytes
         self._local = threading.local()
         self._finalizers: list = []  # every thread's segments, for close()

@@ -101,3 +101,15 @@ def test_a_segment_that_does_not_fit_fails_cleanly(monkeypatch):
     with pytest.raises(OSError):
         arena.buffer(1 << 20)
     assert our_segments() == before
+
+
+def test_segments_of_dead_clients_are_reaped():
+    import subprocess
+    import sys
+    from model_client.shared_arena import SharedArena
+    code = ("import os; from model_client.shared_arena import SharedArena; a = SharedArena(); "
+            "name, _ = a.buffer(1 << 20); print(name, flush=True); os._exit(0)")   # dies without cleanup
+    name = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert os.path.exists(os.path.join(SHM_DIR, name))
+    SharedArena().close()
+    assert not os.path.exists(os.path.join(SHM_DIR, name))
