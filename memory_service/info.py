@@ -49,10 +49,12 @@ def run_info(cfg: InfoConfig) -> int:
         for m in manifests:
             status = m.status
             if status == LOADING:
-                status += f" {m.rows_written / m.num_rows:.0%}"
+                status += f" {m.rows_written / m.stored_rows:.0%}"
             created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.created_at))
-            print(f"{m.table:<10}{m.version:>4}  {status:<10}{m.num_rows:>14,}  {m.row_dtype:<9}{m.row_bytes:>6}"
-                  f"{m.num_rows * m.row_bytes / 2**30:>7.2f} GiB  {m.checksum or '-':<34}{created:<18}{m.source}")
+            print(f"{m.table:<10}{m.version:>4}  {status:<10}{m.stored_rows:>14,}  {m.row_dtype:<9}{m.row_bytes:>6}"
+                  f"{m.stored_rows * m.row_bytes / 2**30:>7.2f} GiB  {m.checksum or '-':<34}{created:<18}{m.source}")
+            if m.shards > 1:
+                print(f"    shard {m.shard} of {m.shards}: rows [{m.row_start:,}, {m.row_stop:,}) of {m.num_rows:,}")
             if cfg.verify and m.status != LOADING:
                 bad = verify(store, m)
                 failed += bool(bad)

@@ -25,20 +25,26 @@ PREFETCH_CHUNKS = 3
 
 def load_layer(store: TableStore, config: EngramConfig, layer_id: int, source, tokenizer_sha256: str,
                compressed_vocab_size: int, publish: bool = True, progress: bool = True,
-               chunk_rows: int | None = None) -> TableManifest:
+               chunk_rows: int | None = None, shard: int = 0, shards: int = 1) -> TableManifest:
+    """Load one layer's table (or its shard `shard` of `shards` row ranges) into the store."""
     manifest = TableManifest.for_layer(config, layer_id, tokenizer_sha256, compressed_vocab_size,
                                        chunk_rows or chunk_rows_for(config.row_bytes),
                                        source.description, time.time())
+    manifest.shard, manifest.shards = shard, shards
+    manifest = TableManifest.from_json(manifest.to_json())  # validates the shard fields
     manifest = store.create_version(manifest)
+    first = manifest.row_start
     fmt = RowFormat(config.row_dtype, config.head_dim)
 
     def encoded(index: int) -> tuple[int, bytes]:
         start = index * manifest.chunk_rows
-        stop = min(start + manifest.chunk_rows, manifest.num_rows)
-        return index, fmt.encode(source.rows(start, stop)).tobytes()
+        stop = min(start + manifest.chunk_rows, manifest.stored_rows)
+        return index, fmt.encode(source.rows(first + start, first + stop)).tobytes()
 
-    bar = tqdm(total=manifest.num_rows, unit="rows", unit_scale=True, disable=not progress,
-               desc=f"{manifest.table} v{manifest.version} ({manifest.num_rows * manifest.row_bytes / 2**30:.2f} GiB)")
+    part = "" if manifest.shards == 1 else f" shard {manifest.shard}/{manifest.shards}"
+    bar = tqdm(total=manifest.stored_rows, unit="rows", unit_scale=True, disable=not progress,
+               desc=f"{manifest.table} v{manifest.version}{part} "
+                    f"({manifest.stored_rows * manifest.row_bytes / 2**30:.2f} GiB)")
     with ThreadPoolExecutor(max_workers=2) as pool, bar:
         def ordered_chunks():
             futures = [pool.submit(encoded, i) for i in range(min(PREFETCH_CHUNKS, manifest.num_chunks))]
@@ -82,6 +88,15 @@ class LoadConfig:
     chunk_rows: int = field(default=0, metadata={
         "help": "rows per LMDB value, a power of two (0: the largest within 16 MiB)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    shard: str = field(default="", metadata={
+        "metavar": "I/N", "help": "load only shard I of N equal row ranges of each table (a sharded "
+                                  "cluster: one store per shard; see cluster.py)"})
+
+    def shard_pair(self) -> tuple[int, int]:
+        if not self.shard:
+            return 0, 1
+        index, count = (int(x) for x in self.shard.split("/"))
+        return index, count
 
     def __post_init__(self):
         if not self.db:
@@ -94,6 +109,12 @@ class LoadConfig:
             raise ValueError(f"LoadConfig.commit_mb must be >= 1 (got {self.commit_mb})")
         if self.chunk_rows < 0 or self.chunk_rows & (self.chunk_rows - 1):
             raise ValueError(f"LoadConfig.chunk_rows must be 0 or a power of two (got {self.chunk_rows})")
+        try:
+            index, count = self.shard_pair()
+        except ValueError:
+            raise ValueError(f"LoadConfig.shard must look like I/N, e.g. 0/2 (got {self.shard!r})") from None
+        if not 0 <= index < count:
+            raise ValueError(f"LoadConfig.shard: I must be in [0, N) (got {self.shard!r})")
         if "{L}" not in self.tensor:
             raise ValueError(f"LoadConfig.tensor must contain {{L}} for the layer id (got {self.tensor!r})")
 
@@ -126,11 +147,14 @@ def run_load(cfg: LoadConfig) -> int:
             else:
                 source = RandomRows(cfg.seed, layer, config.head_dim)
             t0 = time.perf_counter()
+            shard, shards = cfg.shard_pair()
             m = load_layer(store, config, layer, source, tokenizer.sha256, tokenizer.num_compressed,
-                           publish=cfg.publish, progress=cfg.progress, chunk_rows=cfg.chunk_rows or None)
+                           publish=cfg.publish, progress=cfg.progress, chunk_rows=cfg.chunk_rows or None,
+                           shard=shard, shards=shards)
             seconds = time.perf_counter() - t0
-            size = m.num_rows * m.row_bytes
-            print(f"{m.table} v{m.version}: {m.num_rows:,} rows x {m.row_bytes} B = {size / 2**30:.2f} GiB "
+            size = m.stored_rows * m.row_bytes
+            part = "" if m.shards == 1 else f" (shard {m.shard}/{m.shards}: rows [{m.row_start:,}, {m.row_stop:,}))"
+            print(f"{m.table} v{m.version}{part}: {m.stored_rows:,} rows x {m.row_bytes} B = {size / 2**30:.2f} GiB "
                   f"in {seconds:.1f} s ({size / seconds / 2**20:,.0f} MiB/s), {m.status}, checksum {m.checksum or '-'}")
     finally:
         store.close()

@@ -26,6 +26,12 @@ def table_name(layer_id: int) -> str:
     return f"layer{layer_id}"
 
 
+def shard_bounds(num_rows: int, shards: int) -> list[int]:
+    """Row-range shard boundaries: shard i holds rows [b[i], b[i+1]), b[i] = i * num_rows // shards.
+    Row ids are hashes spread uniformly over each sub-table, so equal ranges get equal load."""
+    return [i * num_rows // shards for i in range(shards + 1)]
+
+
 @dataclass
 class TableManifest:
     table: str
@@ -45,6 +51,8 @@ class TableManifest:
     checksum: str = ""           # blake2b-128 over all row bytes in order, hex
     rows_written: int = 0
     extra: dict = field(default_factory=dict)
+    shard: int = 0               # this store holds rows [row_start, row_stop) of the table:
+    shards: int = 1              # shard `shard` of `shards` equal row ranges (cluster.py)
 
     @classmethod
     def for_layer(cls, config: EngramConfig, layer_id: int, tokenizer_sha256: str,
@@ -61,6 +69,9 @@ class TableManifest:
             raise ValueError(f"TableManifest.chunk_rows must be a power of two (got {self.chunk_rows})")
         if self.num_rows < 1:
             raise ValueError(f"TableManifest.num_rows must be >= 1 (got {self.num_rows})")
+        if not 1 <= self.shards <= self.num_rows or not 0 <= self.shard < self.shards:
+            raise ValueError(f"TableManifest.shard must be in [0, shards) and shards in [1, num_rows] "
+                             f"(got shard {self.shard} of {self.shards})")
         config = self.engram_config()
         if self.layer_id not in config.layer_ids:
             raise ValueError(f"TableManifest.layer_id {self.layer_id} is not in config.layer_ids "
@@ -72,8 +83,21 @@ class TableManifest:
                 raise ValueError(f"TableManifest.{name} is {getattr(self, name)} but its config implies {value}")
 
     @property
+    def row_start(self) -> int:
+        return shard_bounds(self.num_rows, self.shards)[self.shard]
+
+    @property
+    def row_stop(self) -> int:
+        return shard_bounds(self.num_rows, self.shards)[self.shard + 1]
+
+    @property
+    def stored_rows(self) -> int:
+        """Rows this store holds: all num_rows, or one shard's range (local row = row - row_start)."""
+        return self.row_stop - self.row_start
+
+    @property
     def num_chunks(self) -> int:
-        return -(-self.num_rows // self.chunk_rows)
+        return -(-self.stored_rows // self.chunk_rows)
 
     def engram_config(self) -> EngramConfig:
         return EngramConfig.from_dict(self.config)

@@ -31,7 +31,7 @@ class TableView:
         self.chunks_read = 0  # chunks located by a get, which reads the whole chunk (chunk_map.py)
         for index in range(manifest.num_chunks):  # once per snapshot, not per lookup
             key = chunk_key(manifest.table, manifest.version, index)
-            nbytes = min(manifest.chunk_rows, manifest.num_rows - index * manifest.chunk_rows) * manifest.row_bytes
+            nbytes = min(manifest.chunk_rows, manifest.stored_rows - index * manifest.chunk_rows) * manifest.row_bytes
             address = chunk_map.locate(txn, store.pages, base, limit, key, nbytes)
             if address is None:
                 buf = txn.get(key, db=store.rows)
@@ -66,15 +66,21 @@ class TableView:
                                     buffer=memory)
             self.unit_steps = np.arange(self.per_row)
 
-    def check(self, row_ids: np.ndarray) -> None:
+    def check(self, row_ids: np.ndarray) -> np.ndarray:
+        """The ids as this store's local rows (a shard subtracts its row_start); out-of-range ids
+        raise, naming the id, its position and the valid range."""
         m = self.manifest
+        start, stop = m.row_start, m.row_stop
         if row_ids.size:
             lo, hi = int(row_ids.min()), int(row_ids.max())
-            if lo < 0 or hi >= m.num_rows:
-                position = int(np.flatnonzero((row_ids < 0) | (row_ids >= m.num_rows))[0])
+            if lo < start or hi >= stop:
+                position = int(np.flatnonzero((row_ids < start) | (row_ids >= stop))[0])
+                where = f"table {m.table} v{m.version}'s rows [0, {m.num_rows})" if m.shards == 1 else (
+                    f"shard {m.shard} of {m.shards} of table {m.table} v{m.version}, which holds rows "
+                    f"[{start}, {stop})")
                 raise StoreError("INVALID_ARGUMENT", f"row id {int(row_ids[position])} at position "
-                                 f"{position} is outside table {m.table} v{m.version}'s rows "
-                                 f"[0, {m.num_rows})")
+                                 f"{position} is outside {where}")
+        return row_ids - start if start else row_ids
 
     def _offsets(self, row_ids: np.ndarray) -> np.ndarray:
         chunk = row_ids >> self.shift
@@ -98,7 +104,7 @@ class TableView:
 
     def gather_into(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Rows of int64 ids [N] into the caller's uint8 [N, row_bytes]; out-of-range ids raise."""
-        self.check(row_ids)
+        row_ids = self.check(row_ids)
         if self.per_row > 1 and self._by_chunk(row_ids, out):
             return out
         offsets = self._offsets(row_ids)
@@ -115,7 +121,7 @@ class TableView:
         """int64 [N] -> a new uint8 [N, row_bytes], in order."""
         if self.per_row == 1:
             return self.gather_into(row_ids, np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8))
-        self.check(row_ids)  # whole rows in one fancy index beat k units per row when no copy follows
+        row_ids = self.check(row_ids)  # whole rows in one fancy index beat k units per row (no copy after)
         out = np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8)
         if self._by_chunk(row_ids, out):
             return out
@@ -141,7 +147,7 @@ class Snapshot:
                 if key not in self.views:
                     manifest = self.store._manifest(self.txn, table, version)
                     if manifest.status in (LOADING, DROPPING):
-                        done = manifest.rows_written / manifest.num_rows
+                        done = manifest.rows_written / manifest.stored_rows
                         raise StoreError("NOT_FOUND", f"table {table!r} v{manifest.version} is {manifest.status} "
                                          f"({done:.0%} of rows written); only ready or published "
                                          "versions serve reads")

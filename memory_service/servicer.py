@@ -226,12 +226,12 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
                     raise StoreError("INVALID_ARGUMENT", f"rows has {len(request.rows)} B, not a multiple of "
                                      f"row_bytes={manifest.row_bytes} of table {manifest.table}")
                 next_row += len(request.rows) // manifest.row_bytes
-                if next_row > manifest.num_rows:
-                    raise StoreError("INVALID_ARGUMENT", f"rows up to {next_row} exceed table {manifest.table}'s "
-                                     f"{manifest.num_rows} rows")
+                if next_row > manifest.stored_rows:  # local rows: a shard's store starts at 0
+                    raise StoreError("INVALID_ARGUMENT", f"rows up to {next_row} exceed the "
+                                     f"{manifest.stored_rows} rows this store holds of table {manifest.table}")
                 buffer += request.rows
                 chunk_bytes = manifest.chunk_rows * manifest.row_bytes
-                while len(buffer) >= chunk_bytes or (buffer and next_row == manifest.num_rows):
+                while len(buffer) >= chunk_bytes or (buffer and next_row == manifest.stored_rows):
                     piece = bytes(buffer[:chunk_bytes])
                     del buffer[:chunk_bytes]
                     self.store.write_chunks(manifest, [(chunk, piece)])

@@ -200,7 +200,7 @@ class TableStore:
         if not 0 <= index < manifest.num_chunks:
             raise StoreError("INVALID_ARGUMENT", f"chunk {index} is outside table {manifest.table} "
                              f"v{manifest.version}'s chunks [0, {manifest.num_chunks})")
-        rows = min(manifest.chunk_rows, manifest.num_rows - index * manifest.chunk_rows)
+        rows = min(manifest.chunk_rows, manifest.stored_rows - index * manifest.chunk_rows)
         if nbytes != rows * manifest.row_bytes:
             raise StoreError("INVALID_ARGUMENT", f"chunk {index} of {manifest.table} must hold {rows} rows "
                              f"x {manifest.row_bytes} B = {rows * manifest.row_bytes} B; got {nbytes} B")
@@ -210,14 +210,14 @@ class TableStore:
         if current.status != LOADING:
             raise StoreError("FAILED_PRECONDITION", f"{manifest.table} v{manifest.version} is "
                              f"{current.status}, not loading: it takes no more rows")
-        current.rows_written = min(current.num_rows, current.rows_written + rows)
+        current.rows_written = min(current.stored_rows, current.rows_written + rows)
         manifest.rows_written = current.rows_written
         txn.put(manifest_key(manifest.table, manifest.version), current.to_json().encode(), db=self.meta)
 
     def chunk_checksum(self, txn, manifest: TableManifest) -> tuple[str, list[int]]:
         """blake2b-128 over the chunks' crc32s in order (and the row geometry); the chunks missing."""
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(struct.pack(">QQQ", manifest.num_rows, manifest.row_bytes, manifest.chunk_rows))
+        digest.update(struct.pack(">QQQ", manifest.stored_rows, manifest.row_bytes, manifest.chunk_rows))
         missing = []
         for index in range(manifest.num_chunks):
             crc = txn.get(chunk_key(manifest.table, manifest.version, index), db=self.crc)
@@ -244,7 +244,7 @@ class TableStore:
             raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is incomplete: "
                              f"{len(missing)} of {manifest.num_chunks} chunks missing "
                              f"(first: chunk {missing[0]}, rows from {missing[0] * manifest.chunk_rows})")
-        manifest.status, manifest.checksum, manifest.rows_written = READY, checksum, manifest.num_rows
+        manifest.status, manifest.checksum, manifest.rows_written = READY, checksum, manifest.stored_rows
         txn.put(manifest_key(table, version), manifest.to_json().encode(), db=self.meta)
         return manifest
 
