@@ -47,6 +47,10 @@ class ServiceConfig:
     create: bool = field(default=False, metadata={
         "help": "create an empty store if --db does not exist (tables then come through AdminService)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    cluster: str = field(default="", metadata={
+        "help": "cluster config (JSON shard map, see memory_service/cluster.py); with --shard, the "
+                "server refuses a store holding another shard"})
+    shard: int = field(default=-1, metadata={"help": "this server's shard in --cluster"})
     shared_memory: bool = field(default=True, metadata={
         "help": "let clients on this host receive rows through their own /dev/shm segment instead of "
                 "the gRPC transport (any local process that can reach the port can then have rows "
@@ -67,6 +71,7 @@ class ServiceConfig:
         check("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "must be a log level")
         check("db", self.create or (Path(self.db) / "data.mdb").is_file(),
               "no table store there: create one with `engram-memory load --db DIR ...` or pass --create")
+        check("shard", (self.shard >= 0) == bool(self.cluster), "--cluster and --shard go together")
 
     @property
     def num_workers(self) -> int:
@@ -157,6 +162,14 @@ def serve(cfg: ServiceConfig) -> int:
     if cfg.create:
         from .store import TableStore
         TableStore(cfg.db).close()
+    if cfg.cluster:  # a store holding another shard would serve rows nobody asked it for
+        from .cluster import ClusterConfig
+        from .store import TableStore
+        store = TableStore(cfg.db, readonly=True)
+        try:
+            ClusterConfig.load(cfg.cluster).check_store(store.manifests(), cfg.shard)
+        finally:
+            store.close()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir = tempfile.mkdtemp(prefix="engram-metrics-")
     from . import metrics
     ctx = mp.get_context("spawn")  # fresh interpreters: no grpc or LMDB state crosses a fork

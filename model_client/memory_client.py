@@ -96,6 +96,7 @@ class MemoryClient:
         # (shared_memory=None: when every target is a loopback address). A server that cannot
         # reach the segment answers FAILED_PRECONDITION and the client stops asking.
         self._arena, self._rotate_after = None, False
+        self._local = threading.local()  # per-call deadlines
         if shared_memory or (shared_memory is None and all(_is_loopback(t) for t in targets)):
             try:
                 self._arena = SharedArena()
@@ -129,9 +130,22 @@ class MemoryClient:
         return [self._call("Stats", pb2.StatsRequest(), i) for i in range(len(self._stubs))]
 
     # ---- lookups ------------------------------------------------------------------------------------
-    def lookup(self, table: str, row_ids, version: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    def lookup(self, table: str, row_ids, version: int = 0, out: np.ndarray | None = None,
+               timeout_s: float | None = None) -> np.ndarray:
         """uint8 [N, row_bytes]: the rows of `row_ids` (any int array) in request order, written into
-        `out` when given (the caller's buffer, e.g. a pinned host tier)."""
+        `out` when given (the caller's buffer, e.g. a pinned host tier). timeout_s: this call's
+        deadline instead of the client's (a cluster client's per-replica try)."""
+        self._local.timeout = timeout_s
+        try:
+            return self._lookup(table, row_ids, version, out)
+        finally:
+            self._local.timeout = None
+
+    @property
+    def _timeout(self) -> float:
+        return getattr(self._local, "timeout", None) or self.timeout_s
+
+    def _lookup(self, table: str, row_ids, version: int, out: np.ndarray | None) -> np.ndarray:
         ids = np.asarray(row_ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"row_ids must be integers; got dtype {ids.dtype}")
@@ -237,11 +251,11 @@ class MemoryClient:
         for i, (future, request) in enumerate(zip(futures, requests)):
             stream = self._streams[(first + i) % len(self._streams)]
             try:
-                answers.append(future.result(timeout=max(0.001, self.timeout_s - (time.monotonic() - started))))
+                answers.append(future.result(timeout=max(0.001, self._timeout - (time.monotonic() - started))))
             except FutureTimeout:
                 stream.cancel()
                 raise MemoryServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"Lookup (table {table}): no answer "
-                                         f"within {self.timeout_s} s") from None
+                                         f"within {self._timeout} s") from None
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE:
                     raise MemoryServiceError(e.code(), f"Lookup (table {table}): {e.details()}") from None
@@ -259,12 +273,12 @@ class MemoryClient:
         started, attempt = time.monotonic(), 0
         while True:
             stub = self._stubs[(channel + attempt) % len(self._stubs)]  # a retry tries another channel
-            left = self.timeout_s - (time.monotonic() - started)
+            left = self._timeout - (time.monotonic() - started)
             try:
                 return getattr(stub, method)(request, timeout=max(left, 0.001))
             except grpc.RpcError as e:
                 code = e.code()
-                left = self.timeout_s - (time.monotonic() - started)
+                left = self._timeout - (time.monotonic() - started)
                 if code in RETRYABLE and attempt < self.retries and left > 0:
                     time.sleep(min(self.backoff_s * 2 ** attempt * (0.5 + random.random()), left))
                     attempt += 1

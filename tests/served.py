@@ -30,9 +30,10 @@ def tiny_config(**changes) -> EngramConfig:
     return EngramConfig(**base)
 
 
-def fill_store(path, seed: int = 0, chunk_rows: int = 1024, publish: bool = True, dtypes=None) -> dict:
+def fill_store(path, seed: int = 0, chunk_rows: int = 1024, publish: bool = True, dtypes=None,
+               shard: int = 0, shards: int = 1) -> dict:
     """Layer L of tiny_config() stored as dtypes[L] (default DTYPE_LAYERS: one dtype per layer),
-    with the DeepSeek-V3 tokenizer's fingerprint; {layer: manifest}."""
+    with the DeepSeek-V3 tokenizer's fingerprint (or one shard's rows of it); {layer: manifest}."""
     tokenizer = get_compressed_tokenizer("deepseek-v3")
     store = TableStore(path)
     try:
@@ -40,7 +41,8 @@ def fill_store(path, seed: int = 0, chunk_rows: int = 1024, publish: bool = True
         for layer, dtype in (dtypes or DTYPE_LAYERS).items():
             cfg = tiny_config(row_dtype=dtype)
             out[layer] = load_layer(store, cfg, layer, RandomRows(seed, layer, cfg.head_dim), tokenizer.sha256,
-                                    tokenizer.num_compressed, publish=publish, progress=False, chunk_rows=chunk_rows)
+                                    tokenizer.num_compressed, publish=publish, progress=False, chunk_rows=chunk_rows,
+                                    shard=shard, shards=shards)
         return out
     finally:
         store.close()
