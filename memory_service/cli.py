@@ -65,6 +65,12 @@ BENCHES = {
                 "Time the hashing, cache probe/insert, gather (bf16 and fp8 rows) and gate kernels "
                 "against their PyTorch references at a decode shape (512 x 1 tokens) and a prefill "
                 "shape (64 x 1,024), with bytes moved / time as a share of the memory bandwidth."),
+    "failover": ("bench.failover:FailoverBenchConfig", "bench.failover:run",
+                 "a sharded, replicated service under kill -9 and a bounded soak",
+                 "Shards x replicas of real servers on loopback, client processes reading through "
+                 "ClusterClient and checking every row against the source, one replica killed with "
+                 "SIGKILL every --kill-every-s and restarted: requests, failed requests, wrong rows, "
+                 "failovers, worst failover latency, resident memory at start and end."),
     "scale": ("bench.scale:ScaleBenchConfig", "bench.scale:run",
               "the service as the table outgrows RAM: throughput, latency, disk reads",
               "Tables of growing size (default 1 to 32 GiB) served from a cold page cache to clients "

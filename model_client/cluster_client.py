@@ -49,6 +49,8 @@ class ClusterClient:
                                        shared_memory=shared_memory) for address in shard]
                          for shard in self.cluster.shards]
         self._turn = [itertools.count() for _ in self.replicas]
+        self.cooldown_s = 1.0  # a replica that just failed is tried last for this long
+        self._down_until = [[0.0] * len(shard) for shard in self.replicas]
         self._address = {id(c): a for shard, clients in zip(self.cluster.shards, self.replicas)
                          for a, c in zip(shard, clients)}
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.replicas)), thread_name_prefix="shard")
@@ -113,7 +115,10 @@ class ClusterClient:
     def _on_shard(self, shard: int, call, deadline: float):
         """call(client, timeout) on the shard's replicas in turn until one answers or time runs out."""
         replicas = self.replicas[shard]
-        first = next(self._turn[shard])
+        now = time.monotonic()
+        up = [i for i in range(len(replicas)) if self._down_until[shard][i] <= now]
+        turn = next(self._turn[shard])
+        first = up[turn % len(up)] if up else turn  # rotate over the replicas not known to be down
         failed_at, errors, attempt = None, [], 0
         with self._lock:
             self.stats.requests += 1
@@ -125,7 +130,9 @@ class ClusterClient:
             except MemoryServiceError as e:
                 if e.code not in FAILOVER:
                     raise
-                errors.append(f"{self.cluster.shards[shard][(first + attempt) % len(replicas)]}: {e}")
+                index = (first + attempt) % len(replicas)
+                errors.append(f"{self.cluster.shards[shard][index]}: {e}")
+                self._down_until[shard][index] = time.monotonic() + self.cooldown_s
                 failed_at = failed_at or time.monotonic()
                 attempt += 1
                 if deadline - time.monotonic() <= 0:

@@ -17,7 +17,7 @@ def run(*args, env=None):
 
 HELP_COMMANDS = [[], ["demo"], ["worker"], ["load"], ["serve"], ["info"], ["health"], ["drop"], ["bench"],
                  ["bench", "hashing"], ["bench", "service"], ["bench", "e2e"], ["bench", "hit-rate"],
-                 ["bench", "scale"], ["bench", "kernels"]]
+                 ["bench", "scale"], ["bench", "kernels"], ["bench", "failover"]]
 
 
 @pytest.mark.parametrize("args", HELP_COMMANDS, ids=lambda a: "-".join(a) or "top")
