@@ -100,7 +100,8 @@ def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
     from protos import pb2
 
     from .reader import StoreReader
-    from .servicer import AdminServicer, MemoryServicer, add_to_server
+    from .registry import add_to_server
+    from .servicer import AdminServicer, MemoryServicer
     from .store import TableStore
 
     from model_client.malloc import keep_large_buffers

@@ -84,7 +84,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
 
     # ---- lookups ------------------------------------------------------------------------------------
     def _lookup(self, request, context, rpc: str) -> bytes:
-        """A serialized LookupResponse (see wire.py; `add_to_server` sends it as it is)."""
+        """A serialized LookupResponse (see wire.py; registry.py sends it as it is)."""
         self.counts["requests"] += 1
         try:
             with _Rpc(rpc, context, self.known_tables) as call:
@@ -164,25 +164,6 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
 
     def Stats(self, request, context):
         return pb2.StatsResponse(pid=os.getpid(), uptime_s=time.time() - self.started, **self.counts)
-
-
-def add_to_server(memory: MemoryServicer, admin: "AdminServicer", server) -> None:
-    """Register both services; Lookup and StreamLookup answers are already serialized bytes."""
-    pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-    req = pb2.LookupRequest.FromString
-    handlers = {
-        "Lookup": grpc.unary_unary_rpc_method_handler(memory.Lookup, request_deserializer=req,
-                                                      response_serializer=bytes),
-        "StreamLookup": grpc.stream_stream_rpc_method_handler(memory.StreamLookup, request_deserializer=req,
-                                                              response_serializer=bytes),
-    }
-    for name, request_type in (("ListTables", pb2.ListTablesRequest), ("DescribeTable", pb2.DescribeTableRequest),
-                               ("Stats", pb2.StatsRequest)):
-        handlers[name] = grpc.unary_unary_rpc_method_handler(
-            getattr(memory, name), request_deserializer=request_type.FromString,
-            response_serializer=lambda message: message.SerializeToString())
-    service = pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
 
 
 class AdminServicer(pb2_grpc.AdminServiceServicer):

@@ -67,6 +67,14 @@ def chunk_key(table: str, version: int, chunk: int) -> bytes:
     return table.encode() + b"\0" + _u64(version) + _u64(chunk)
 
 
+def _named_version(action: str, table: str, version: int) -> None:
+    """Version 0 means "the published one" to readers; a write must name its version (found by
+    fuzzing: publishing version 0 wrote a manifest under 0 and unpublished the table)."""
+    if version < 1:
+        raise StoreError("INVALID_ARGUMENT", f"{action} of table {table!r} needs a version >= 1 "
+                         f"(got {version}); `info` lists the versions")
+
+
 def open_env(path: str | os.PathLike, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE,
              bulk: bool = False) -> lmdb.Environment:
     """Open (or create) the environment. Never share one across fork: open it in each process.
@@ -229,6 +237,7 @@ class TableStore:
 
     def finish(self, table: str, version: int) -> TableManifest:
         """Check that a loading version holds every chunk, record its checksum, mark it READY."""
+        _named_version("finish", table, version)
         with self.env.begin(write=True) as txn:
             manifest = self._finish(txn, table, version)
         return manifest
@@ -251,6 +260,7 @@ class TableStore:
     def publish(self, table: str, version: int, expected_checksum: str = "") -> int:
         """Make `version` the one readers see (finishing it first if it is still loading); returns
         the previously published version (0: none)."""
+        _named_version("publish", table, version)
         self.env.sync(True)  # the rows are on disk before any reader can be pointed at them
         with self.env.begin(write=True) as txn:
             manifest = self._finish(txn, table, version)
@@ -270,6 +280,7 @@ class TableStore:
     def drop(self, table: str, version: int, force: bool = False) -> None:
         """Remove a version: mark it dropping (invisible to readers), delete its chunks in bounded
         transactions, then its manifest. Re-running finishes a drop that was interrupted."""
+        _named_version("drop", table, version)
         with self.env.begin(write=True) as txn:
             manifest = self._manifest(txn, table, version)
             if self.current_version(table, txn) == version:

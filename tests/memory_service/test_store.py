@@ -155,3 +155,15 @@ def test_chunks_are_located_without_reading_them_and_bad_entries_fall_back(tmp_p
         assert view.chunks_read == 4
         assert np.array_equal(view.gather(ids), expect[ids])
     s.close()
+
+
+def test_writes_must_name_a_version(store):
+    """Version 0 means "the published one" only to readers (a fuzzing find: Publish(version=0)
+    used to unpublish the table)."""
+    s, manifests = store
+    m = next(iter(manifests.values()))
+    for action in (lambda: s.publish(m.table, 0), lambda: s.drop(m.table, 0), lambda: s.finish(m.table, 0)):
+        with pytest.raises(StoreError, match="needs a version >= 1") as err:
+            action()
+        assert err.value.code == "INVALID_ARGUMENT"
+    assert s.current_version(m.table) == m.version
