@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,17 @@ class ServiceConfig:
     create: bool = field(default=False, metadata={
         "help": "create an empty store if --db does not exist (tables then come through AdminService)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with --tls-key)"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str = field(default="", metadata={
+        "help": "PEM CA: clients must present a certificate it signed (mutual TLS)"})
+    token_file: str = field(default="", metadata={
+        "help": "file holding the token every MemoryService call must send as `authorization: Bearer ...`"})
+    admin_token_file: str = field(default="", metadata={
+        "help": "file holding the token AdminService calls must send (the read token is refused there)"})
+    admin_port: int = field(default=-1, metadata={
+        "help": "serve AdminService on its own port of --admin-host (-1: on the main port; 0: a free one)"})
+    admin_host: str = field(default="127.0.0.1", metadata={"help": "address of the admin port"})
     cluster: str = field(default="", metadata={
         "help": "cluster config (JSON shard map, see memory_service/cluster.py); with --shard, the "
                 "server refuses a store holding another shard"})
@@ -72,6 +83,9 @@ class ServiceConfig:
         check("db", self.create or (Path(self.db) / "data.mdb").is_file(),
               "no table store there: create one with `engram-memory load --db DIR ...` or pass --create")
         check("shard", (self.shard >= 0) == bool(self.cluster), "--cluster and --shard go together")
+        check("tls_key", bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together")
+        check("tls_client_ca", not self.tls_client_ca or self.tls_cert, "mutual TLS needs --tls-cert too")
+        check("admin_port", -1 <= self.admin_port < 65536, "must be -1 (main port), 0 (free) or a TCP port")
 
     @property
     def num_workers(self) -> int:
@@ -91,7 +105,7 @@ def _reserve_port(host: str, port: int):
         sock.close()
 
 
-def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
+def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1) -> None:
     """One server process: its own LMDB environment, servicers, health and reflection."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -99,6 +113,7 @@ def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
 
     from protos import pb2
 
+    from .auth import TokenInterceptor, read_secret, server_credentials
     from .reader import StoreReader
     from .registry import add_to_server
     from .servicer import AdminServicer, MemoryServicer
@@ -115,18 +130,27 @@ def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
     reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000)
     limit = cfg.max_message_mb << 20
     # beyond `threads` calls at once a call is refused with RESOURCE_EXHAUSTED instead of queueing
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads), maximum_concurrent_rpcs=cfg.threads,
-                         options=[
-        ("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit)])
+    options = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
+               ("grpc.max_send_message_length", limit)]
+    tokens = TokenInterceptor(read_secret(cfg.token_file, "--token-file"),
+                              read_secret(cfg.admin_token_file, "--admin-token-file"))
+    make = lambda: grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads),  # noqa: E731
+                               maximum_concurrent_rpcs=cfg.threads, options=options, interceptors=[tokens])
+    server = make()
     memory = MemoryServicer(store, reader, cfg.max_request_rows, limit, cfg.shared_memory)
-    add_to_server(memory, AdminServicer(store, memory), server)
+    admin_server = make() if cfg.admin_port >= 0 else None
+    add_to_server(memory, None if admin_server else AdminServicer(store, memory), server)
+    if admin_server:  # AdminService only on its own address
+        add_to_server(None, AdminServicer(store, memory), admin_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("MemoryService", "AdminService")]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    server.add_insecure_port(f"{cfg.host}:{port}")
-    server.start()
+    credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
+    for srv, address in ((server, f"{cfg.host}:{port}"), (admin_server, f"{cfg.admin_host}:{admin_port}")):
+        if srv is not None:
+            srv.add_secure_port(address, credentials) if credentials else srv.add_insecure_port(address)
+            srv.start()
     ready.put(os.getpid())
     log(logger, logging.INFO, "worker serving", port=port, db=cfg.db)
     while not stop.wait(0.5):  # SERVING once at least one table is published and readable
@@ -135,6 +159,8 @@ def _worker_main(cfg: ServiceConfig, port: int, ready) -> None:
         for name in ("", names[0]):
             health_servicer.set(name, status)
     health_servicer.enter_graceful_shutdown()
+    if admin_server:
+        admin_server.stop(cfg.grace_s)
     server.stop(cfg.grace_s).wait()
     reader.close()
     store.close()
@@ -178,8 +204,9 @@ def serve(cfg: ServiceConfig) -> int:
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    with _reserve_port(cfg.host, cfg.port) as port:
-        procs = [ctx.Process(target=_worker_main, args=(cfg, port, ready), daemon=True)
+    with _reserve_port(cfg.host, cfg.port) as port, ExitStack() as held:
+        admin_port = held.enter_context(_reserve_port(cfg.admin_host, cfg.admin_port)) if cfg.admin_port >= 0 else -1
+        procs = [ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port), daemon=True)
                  for _ in range(cfg.num_workers)]
         for p in procs:
             p.start()
@@ -187,13 +214,14 @@ def serve(cfg: ServiceConfig) -> int:
         if cfg.metrics_port:
             metrics.serve_metrics(cfg.metrics_port, cfg.host)
         log(logger, logging.INFO, "serving", host=cfg.host, port=port, workers=len(procs),
-            metrics_port=cfg.metrics_port, db=str(Path(cfg.db).resolve()))
+            metrics_port=cfg.metrics_port, db=str(Path(cfg.db).resolve()), admin_port=admin_port,
+            tls=bool(cfg.tls_cert), mutual_tls=bool(cfg.tls_client_ca), tokens=bool(cfg.token_file or cfg.admin_token_file))
         while not stopping.wait(0.5):
             for i, p in enumerate(procs):
                 if not p.is_alive() and not stopping.is_set():
                     log(logger, logging.ERROR, "worker died; restarting", pid=p.pid, exitcode=p.exitcode)
                     metrics.worker_exited(p.pid)
-                    procs[i] = ctx.Process(target=_worker_main, args=(cfg, port, ready), daemon=True)
+                    procs[i] = ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port), daemon=True)
                     procs[i].start()
         log(logger, logging.INFO, "shutting down", grace_s=cfg.grace_s)
         for p in procs:

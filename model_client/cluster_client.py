@@ -42,11 +42,12 @@ class FailoverStats:
 
 class ClusterClient:
     def __init__(self, cluster: ClusterConfig | str, timeout_s: float = 30.0, try_timeout_s: float = 5.0,
-                 channels: int = 2, shared_memory: bool | None = None, backoff_s: float = 0.05):
+                 channels: int = 2, shared_memory: bool | None = None, backoff_s: float = 0.05, **security):
+        """security: MemoryClient's tls_ca, tls_cert, tls_key and token, for every replica."""
         self.cluster = cluster if isinstance(cluster, ClusterConfig) else ClusterConfig.load(cluster)
         self.timeout_s, self.try_timeout_s, self.backoff_s = timeout_s, try_timeout_s, backoff_s
         self.replicas = [[MemoryClient(address, channels=channels, timeout_s=try_timeout_s, retries=0,
-                                       shared_memory=shared_memory) for address in shard]
+                                       shared_memory=shared_memory, **security) for address in shard]
                          for shard in self.cluster.shards]
         self._turn = [itertools.count() for _ in self.replicas]
         self.cooldown_s = 1.0  # a replica that just failed is tried last for this long

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from memory_service import wire
+from memory_service.auth import TokenMetadata
 from memory_service.manifest import TableManifest, table_name
 from protos import pb2, pb2_grpc
 
@@ -35,6 +36,19 @@ class MemoryServiceError(RuntimeError):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(f"{code.name}: {message}")
         self.code = code
+
+
+def _channel(target: str, options, tls_ca, tls_cert, tls_key, token):
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+    if tls_ca:
+        credentials = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key) if tls_key else None,
+                                                   read(tls_cert) if tls_cert else None)
+        channel = grpc.secure_channel(target, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    return grpc.intercept_channel(channel, TokenMetadata(token)) if token else channel
 
 
 def _is_loopback(target: str) -> bool:
@@ -65,7 +79,10 @@ class MemoryClient:
     def __init__(self, target: str | list[str], channels: int = 4, timeout_s: float = 30.0,
                  max_rows_per_request: int = 1 << 20, request_bytes: int = 4 << 20, retries: int = 5,
                  backoff_s: float = 0.05, max_message_mb: int = 256, stream_idle_s: float = 5.0,
-                 shared_memory: bool | None = None):
+                 shared_memory: bool | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, token: str | None = None):
+        """tls_ca: PEM CA to verify the server (TLS on); tls_cert/tls_key: this client's certificate
+        for mutual TLS; token: sent as `authorization: Bearer <token>` on every call."""
         if channels < 1:
             raise ValueError(f"channels must be >= 1 (got {channels})")
         if max_rows_per_request < 1:
@@ -75,7 +92,7 @@ class MemoryClient:
         # A local subchannel pool gives every channel its own connection, hence maybe its own process.
         options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", limit),
                    ("grpc.max_send_message_length", limit)]
-        self._channels = [grpc.insecure_channel(targets[i % len(targets)], options=options)
+        self._channels = [_channel(targets[i % len(targets)], options, tls_ca, tls_cert, tls_key, token)
                           for i in range(max(channels, len(targets)))]
         self._stubs = [pb2_grpc.MemoryServiceStub(ch) for ch in self._channels]
         # Lookup answers parse without protobuf: rows stay a zero-copy view of the received bytes.
