@@ -265,7 +265,8 @@ class TableStore:
         with self.env.begin(write=True) as txn:
             manifest = self._finish(txn, table, version)
             if expected_checksum and expected_checksum != manifest.checksum:
-                raise StoreError("DATA_LOSS", f"{table} v{version} checksum {manifest.checksum} differs "
+                # the caller's stated precondition does not hold; the stored rows are as written
+                raise StoreError("FAILED_PRECONDITION", f"{table} v{version} checksum {manifest.checksum} differs "
                                  f"from the expected {expected_checksum}")
             previous = self.current_version(table, txn)
             if previous and previous != version:

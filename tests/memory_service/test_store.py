@@ -115,7 +115,7 @@ def test_partial_versions_are_invisible_until_complete(tmp_path):
         s.write_chunks(partial, [(99, rows[:5].tobytes())])
     with pytest.raises(StoreError, match="checksum .* differs") as e:
         s.publish("layer1", m.version, expected_checksum="0" * 32)
-    assert e.value.code == "DATA_LOSS"
+    assert e.value.code == "FAILED_PRECONDITION"
     s.drop("layer1", partial.version)
     assert [x.version for x in s.manifests("layer1")] == [1]
     with pytest.raises(StoreError, match="is the published version"):
