@@ -26,7 +26,8 @@ _TICKS = 1 << 22  # announced ticks are kept as id * _TICKS + tick: row ids up t
 
 class Prefetcher:
     def __init__(self, hasher: NgramHasher, store, device="cpu", device_cache_bytes: int = 64 << 20,
-                 host_cache_bytes: int = 0, policy: str = "lru", tables: dict[int, str] | None = None):
+                 host_cache_bytes: int = 0, policy: str = "lru", tables: dict[int, str] | None = None,
+                 version_check_s: float = 1.0):
         self.hasher, self.store, self.device = hasher, store, torch.device(device)
         self.layers = list(hasher.config.layer_ids)
         self.tables = tables or {layer: f"layer{layer}" for layer in self.layers}
@@ -41,6 +42,12 @@ class Prefetcher:
         self.future: dict[int, torch.Tensor] = {}  # per layer: sorted id * _TICKS + tick of announced uses
         self.exposed_wait_s: dict[int, list[float]] = defaultdict(list)  # per layer, one per step
         self.store_rows: dict[int, int] = defaultdict(int)                # rows read from below the device
+        # Hot reload: every table is read at a pinned version; at a step boundary, at most every
+        # version_check_s, a newly published version is checked against the model's config, the
+        # caches drop the old version's rows, and the next step reads the new one.
+        self.version_check_s, self._checked_at = version_check_s, time.monotonic()
+        self.versions = {table: store.version(table) for table in self.tables.values()}
+        self.switches: list[tuple[str, int, int]] = []                    # (table, old, new)
 
     def announce(self, batches: list[torch.Tensor]) -> None:
         """Admitted work: token ids [B, T] of the next forward passes, in the order they will start
@@ -68,8 +75,32 @@ class Prefetcher:
         found = keys[at]
         return torch.where(found // _TICKS == ids, found % _TICKS, NO_USE)
 
+    def refresh_versions(self) -> None:
+        """Switch to newly published table versions (call between forward passes; `start` does,
+        at most every version_check_s). A new version built for another config raises, naming the
+        field, and nothing changes."""
+        self._checked_at = time.monotonic()
+        for table, pinned in self.versions.items():
+            try:
+                current = self.store.version(table)
+            except (RuntimeError, OSError):  # the service is unreachable: the step's reads will say so
+                continue
+            if current == pinned:
+                continue
+            manifest = self.store.manifest(table, current)
+            manifest.check_compatible(self.hasher.config, self.hasher.tokenizer.sha256,
+                                      self.hasher.compressed_vocab_size)
+            for tier in (self.device_tier, self.host_tier):
+                if tier is not None:
+                    tier.clear(table)
+            self.versions[table] = current
+            self.future = {}  # announcements were made for the old rows' ticks; harmless, but stale
+            self.switches.append((table, pinned, current))
+
     def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None) -> "Step":
         """Hash, probe and launch the fetches of one forward pass; the step becomes `current`."""
+        if time.monotonic() - self._checked_at >= self.version_check_s:
+            self.refresh_versions()
         hash_ids, row_ids = self.hasher.hash_and_rows(input_ids.to(self.device), state, lengths)
         self.current = Step(self, hash_ids, row_ids)
         return self.current
@@ -103,12 +134,13 @@ class Step:
             self.parts[layer] = (table, unique, inverse, slot, hit_at, miss_at,
                                  None if upcoming is None else upcoming[miss_at])
         for layer, (table, unique, _, _, _, miss_at, _) in self.parts.items():  # the first layer's rows first
-            self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer)
+            self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer,
+                                                         prefetcher.versions[table])  # this step's version
 
-    def _read_below(self, table: str, miss: torch.Tensor, layer: int) -> torch.Tensor:
+    def _read_below(self, table: str, miss: torch.Tensor, layer: int, version: int) -> torch.Tensor:
         rows = torch.empty(len(miss), self.p.row_bytes[table], dtype=torch.uint8,
                            pin_memory=torch.cuda.is_available())
-        fetch(table, miss, rows, self.p.lower_tiers)
+        fetch(table, miss, rows, self.p.lower_tiers, version)
         self.p.store_rows[layer] += len(miss)
         return rows
 

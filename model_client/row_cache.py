@@ -227,6 +227,14 @@ class RowCache:
         self.next_use.index_copy_(0, slot, torch.where(valid, current, when))
         self.next_use[self.trash] = NO_USE
 
+    def clear(self) -> None:
+        """Forget every row (a new table version is published); counters keep counting."""
+        self.tags.fill_(-1)
+        self.pins.zero_()
+        self.uses.zero_()
+        self.stamp.zero_()
+        self.next_use.fill_(NO_USE)
+
     def contains(self, ids: torch.Tensor) -> torch.Tensor:
         """Presence without touching anything (for tests and tools)."""
         ids = ids.to(self.device)

@@ -2,6 +2,7 @@
 
     get_many(table, ids, out) -> found   distinct int64 ids [N]; rows of found ids written to the
                                          caller's uint8 out [N, row_bytes]; found: bool [N]
+                                         (backing stores take version=: 0 is the published one)
     put_many(table, ids, rows)           offer rows to a cache tier (stores are read-only)
     close()
 
@@ -51,6 +52,9 @@ class CacheTier:
                 total.add(cache.stats)
         return total
 
+    def clear(self, table: str) -> None:
+        self.caches[table].clear()
+
     def close(self) -> None:
         self.caches.clear()
 
@@ -67,13 +71,17 @@ class StoreTier:
     def row_bytes(self, table: str) -> int:
         return self.store.manifest(table).row_bytes
 
-    def manifest(self, table: str):
-        return self.store.manifest(table)
+    def manifest(self, table: str, version: int = 0):
+        return self.store.manifest(table, version)
 
-    def get_many(self, table: str, ids, out) -> torch.Tensor:
+    def version(self, table: str) -> int:
+        """The published version now."""
+        return self.store.current_version(table)
+
+    def get_many(self, table: str, ids, out, version: int = 0) -> torch.Tensor:
         ids_np, out_np = _numpy(ids), _numpy(out)
-        with self.reader.snapshot() as snap:
-            snap.view(table, 0).gather_into(ids_np, out_np)
+        with self.reader.snapshot(fresh=bool(version)) as snap:
+            snap.view(table, version).gather_into(ids_np, out_np)
         return torch.ones(len(ids_np), dtype=torch.bool)
 
     def put_many(self, table: str, ids, rows) -> None:
@@ -95,11 +103,15 @@ class ServiceTier:
     def row_bytes(self, table: str) -> int:
         return self.client.describe(table).row_bytes
 
-    def manifest(self, table: str):
-        return self.client.describe(table)
+    def manifest(self, table: str, version: int = 0):
+        return self.client.describe(table, version)
 
-    def get_many(self, table: str, ids, out) -> torch.Tensor:
-        self.client.lookup(table, _numpy(ids), out=_numpy(out))
+    def version(self, table: str) -> int:
+        """The published version now (one DescribeTable call)."""
+        return self.client.describe(table, refresh=True).version
+
+    def get_many(self, table: str, ids, out, version: int = 0) -> torch.Tensor:
+        self.client.lookup(table, _numpy(ids), version=version, out=_numpy(out))
         return torch.ones(len(ids), dtype=torch.bool)
 
     def put_many(self, table: str, ids, rows) -> None:
@@ -113,16 +125,19 @@ def _numpy(x) -> np.ndarray:
     return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def fetch(table: str, ids: torch.Tensor, out: torch.Tensor, tiers: list) -> None:
+def fetch(table: str, ids: torch.Tensor, out: torch.Tensor, tiers: list, version: int = 0) -> None:
     """Rows of distinct ids into out, from the first tier holding each; rows found below a cache
-    tier are offered to it on the way up. The last tier must be a backing store."""
+    tier are offered to it on the way up. The last tier must be a backing store, read at `version`
+    (the caches above it hold rows of that version only: the prefetcher clears them on a switch)."""
     missing = torch.ones(len(ids), dtype=torch.bool)
     for depth, tier in enumerate(tiers):
         todo = missing.nonzero().squeeze(1)
         if len(todo) == 0:
             break
         buffer = torch.empty(len(todo), out.shape[1], dtype=torch.uint8)
-        found = tier.get_many(table, ids[todo], buffer).cpu()
+        store = depth == len(tiers) - 1
+        found = (tier.get_many(table, ids[todo], buffer, version=version) if store
+                 else tier.get_many(table, ids[todo], buffer)).cpu()
         out[todo[found]] = buffer[found].to(out.device)
         for upper in tiers[:depth]:
             upper.put_many(table, ids[todo[found]], buffer[found])
