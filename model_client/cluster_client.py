@@ -63,10 +63,24 @@ class ClusterClient:
     def num_shards(self) -> int:
         return len(self.replicas)
 
-    def describe(self, table: str, version: int = 0) -> TableManifest:
+    def check(self, config, tokenizer_sha256: str | None = None, compressed_vocab_size: int | None = None) -> dict:
+        """Each Engram layer's table, checked against the model's config (MemoryClient.check)."""
+        from memory_service.manifest import table_name
+        out = {}
+        for layer in config.layer_ids:
+            manifest = self.describe(table_name(layer), refresh=True)
+            manifest.check_compatible(config, tokenizer_sha256, compressed_vocab_size)
+            out[layer] = manifest
+        return out
+
+    def describe(self, table: str, version: int = 0, refresh: bool = False) -> TableManifest:
         """The table's manifest as shard 0 holds it (num_rows is the whole table's)."""
         key = (table, version)
-        if key not in self._manifests:
+        if refresh:
+            for shard in self.replicas:
+                for client in shard:
+                    client._manifests.pop(key, None)
+        if refresh or key not in self._manifests:
             deadline = time.monotonic() + self.timeout_s
             self._manifests[key] = self._on_shard(0, lambda c, t: self._checked(c, 0, table, version, t), deadline)
         return self._manifests[key]

@@ -23,6 +23,9 @@ from .row_cache import POLICIES
 @dataclass
 class WorkerLoopConfig:
     target: str = field(default="127.0.0.1:50051", metadata={"help": "memory service address host:port"})
+    cluster: str = field(default="", metadata={
+        "help": "cluster config JSON of a sharded, replicated service (memory_service/cluster.py); "
+                "replaces --target"})
     config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
     row_dtype: str = field(default="bfloat16", metadata={"help": "row dtype the tables were loaded with"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
@@ -70,13 +73,18 @@ def run(cfg: WorkerLoopConfig) -> int:
     config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
     tokenizer = get_compressed_tokenizer(config.tokenizer)
     hasher = NgramHasher(config, tokenizer)
-    client = MemoryClient(cfg.target, timeout_s=10.0, retries=3)
+    if cfg.cluster:
+        from .cluster_client import ClusterClient
+        client = ClusterClient(cfg.cluster, timeout_s=10.0)
+    else:
+        client = MemoryClient(cfg.target, timeout_s=10.0, retries=3)
     while True:  # wait for the service and its tables, checking they fit this model
         try:
             client.check(config, tokenizer.sha256, tokenizer.num_compressed)
             break
         except MemoryServiceError as e:
-            _emit(level="ERROR", msg="memory service unavailable; retrying", error=str(e), target=cfg.target)
+            _emit(level="ERROR", msg="memory service unavailable; retrying", error=str(e),
+                  target=cfg.cluster or cfg.target)
             time.sleep(cfg.retry_s)
     prefetcher = Prefetcher(hasher, ServiceTier(client), device, cfg.device_cache_mb << 20,
                             cfg.host_cache_mb << 20, cfg.policy)

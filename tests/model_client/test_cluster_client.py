@@ -7,10 +7,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from memory_service.cluster import ClusterConfig
 from model_client import MemoryServiceError
 from model_client.cluster_client import ClusterClient
+from model_client.tiers import ServiceTier
 
 from ..served import Server, expected_rows, fill_store, free_port
 
@@ -57,6 +59,11 @@ def test_rows_match_the_source_across_shards(shard_stores, tmp_path):
             ids[10:20] = ids[3]                                                      # duplicates
             assert np.array_equal(client.lookup(TABLE, ids), expect[ids])
             assert client.stats.requests >= 2 and client.stats.failovers == 0
+            tier = ServiceTier(client)                            # a prefetcher's backing store
+            unique = np.unique(ids)
+            out = torch.empty(len(unique), expect.shape[1], dtype=torch.uint8)
+            tier.get_many(TABLE, torch.from_numpy(unique), out, version=tier.version(TABLE))
+            assert np.array_equal(out.numpy(), expect[unique])
     finally:
         stop_all(servers)
 
