@@ -191,8 +191,16 @@ class MemoryClient:
             np.take(rows, inverse, axis=0, out=out)
         if self._rotate_after and self._arena is not None:
             self._rotate_after = False
-            self._arena.rotate()
+            self._rotate()
         return out
+
+    def _rotate(self) -> None:
+        """A fresh shared-memory segment; when /dev/shm has no room for one, the transport."""
+        try:
+            self._arena.rotate()
+        except OSError:
+            self._arena.close()
+            self._arena = None
 
     def lookup_values(self, table: str, row_ids, version: int = 0) -> np.ndarray:
         """float32 [N, head_dim]: `lookup` decoded with the table's row format."""
@@ -227,19 +235,19 @@ class MemoryClient:
         except MemoryServiceError as e:
             if arena is None:
                 raise
-            arena.rotate()  # an abandoned request may still write its rows: never into a live segment
-            if e.code != grpc.StatusCode.FAILED_PRECONDITION or not _about_shared_memory(str(e)):
-                raise
-            self._arena = None  # this server cannot reach our segments: use the transport from now on
-            arena.close()
-            return self._fetch(table, unique, version, row_bytes)
+            if e.code == grpc.StatusCode.FAILED_PRECONDITION and _about_shared_memory(str(e)):
+                self._arena = None  # this server cannot reach our segments: the transport from now on
+                arena.close()
+                return self._fetch(table, unique, version, row_bytes)
+            self._rotate()  # an abandoned request may still write its rows: never into a live segment
+            raise
         if answers[0].version != self._manifests[(table, version)].version:
             self._manifests.pop((table, version))  # a new version is published: re-read its manifest
         parts = []
         for i, (piece, answer) in enumerate(zip(pieces, answers)):
             if shm is not None:
                 if not answer.rows_in_shm or answer.num_rows != len(piece) or answer.row_bytes != row_bytes:
-                    arena.rotate()
+                    self._rotate()
                     raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"table {table}: the server answered "
                                              f"{answer.num_rows} rows of {answer.row_bytes} B, "
                                              f"rows_in_shm={answer.rows_in_shm}, for {len(piece)} rows")

@@ -113,3 +113,28 @@ def test_segments_of_dead_clients_are_reaped():
     assert os.path.exists(os.path.join(SHM_DIR, name))
     SharedArena().close()
     assert not os.path.exists(os.path.join(SHM_DIR, name))
+
+
+def test_no_room_for_a_new_segment_after_a_failure_falls_back(store_path, monkeypatch):
+    """A failed call retires the segment; with /dev/shm full (containers get 64 MiB) the client
+    goes on over the transport instead of failing (found by the sharded compose smoke test)."""
+    import errno
+    from model_client import MemoryServiceError
+    expect = expected_rows(LAYER)
+    server = Server(store_path, workers=1)
+    try:
+        server.wait_serving()
+        with MemoryClient(server.target, shared_memory=True, retries=0) as client:
+            ids = np.arange(0, len(expect), 11)
+            assert np.array_equal(client.lookup(f"layer{LAYER}", ids), expect[ids])
+            with pytest.raises(ValueError):
+                client.lookup(f"layer{LAYER}", [len(expect)])           # refused before sending
+
+            def full(fd, offset, length):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            monkeypatch.setattr(os, "posix_fallocate", full)
+            client._rotate()
+            assert client._arena is None
+            assert np.array_equal(client.lookup(f"layer{LAYER}", ids), expect[ids])
+    finally:
+        server.stop()

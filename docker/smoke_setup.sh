@@ -1,0 +1,35 @@
+# Shared by the smoke tests (sourced): a Docker engine, the local base image, and a wheelhouse with
+# the current checkout's engram-memory wheel (rebuilt every run: a stale wheel means stale images).
+# Expects BASE_TAG and log() from the caller.
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null || { log "installing docker.io"; apt-get install -y -q docker.io >/dev/null; }
+  log "starting dockerd"
+  (dockerd >/tmp/engram-smoke-dockerd.log 2>&1 &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else
+  command -v docker-compose >/dev/null || apt-get install -y -q docker-compose >/dev/null
+  COMPOSE=(docker-compose)
+fi
+
+if ! docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
+  command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+  rootfs=$(mktemp -d /tmp/engram-rootfs.XXXX)
+  log "debootstrap bookworm into $rootfs (a few minutes, once)"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+    http://deb.debian.org/debian >/tmp/engram-smoke-debootstrap.log
+  tar -C "$rootfs" -c . | docker import - "$BASE_TAG" >/dev/null
+  rm -rf "$rootfs"
+fi
+log "base image $BASE_TAG: $(docker image inspect --format '{{.Size}}' "$BASE_TAG") bytes"
+
+if [ -z "$(ls docker/wheelhouse 2>/dev/null)" ]; then
+  log "building the wheelhouse"
+  docker/build_wheelhouse.sh >/tmp/engram-smoke-wheels.log 2>&1 || { tail -20 /tmp/engram-smoke-wheels.log; exit 1; }
+else
+  log "refreshing engram-memory's own wheel"
+  rm -f docker/wheelhouse/engram_memory-*.whl
+  python3 -m pip wheel --quiet --no-deps --wheel-dir docker/wheelhouse . >/tmp/engram-smoke-wheels.log 2>&1 \
+    || { tail -20 /tmp/engram-smoke-wheels.log; exit 1; }
+fi
+
