@@ -91,8 +91,13 @@ def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, r
         while time.time() < start_at:
             time.sleep(0.01)
         rss_start = _rss_kib([os.getpid()])
-        t_end = time.monotonic() + duration_s
+        t_start = time.monotonic()
+        t_end = t_start + duration_s
+        samples, next_sample = [], t_start
         while time.monotonic() < t_end:
+            if time.monotonic() >= next_sample:  # resident memory over time: a leak keeps climbing
+                samples.append(_rss_kib([os.getpid()]) / 1024)
+                next_sample += duration_s / 10
             ids = rng.integers(0, rows, batch_rows)
             t0 = time.perf_counter()
             try:
@@ -106,7 +111,7 @@ def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, r
         stats = client.stats
     results.put({"requests": len(latencies) + failed, "failed": failed, "wrong_rows": wrong,
                  "latencies": latencies, "errors": errors[:5], "failovers": stats.failovers,
-                 "worst_failover_s": stats.worst_failover_s, "rss_start_kib": rss_start,
+                 "worst_failover_s": stats.worst_failover_s, "rss_start_kib": rss_start, "rss_mib_samples": samples,
                  "rss_end_kib": _rss_kib([os.getpid()])})
 
 
@@ -170,6 +175,12 @@ def run(cfg: FailoverBenchConfig) -> int:
             servers[shard][replica] = start(shard, replica)
             servers[shard][replica].wait_serving()
 
+    server_samples = []
+
+    def sample():
+        while not stop.wait(cfg.duration_s / 10):
+            server_samples.append(round(sum(_rss_kib(_tree(x.proc.pid)) for sh in servers for x in sh) / 1024, 1))
+    threading.Thread(target=sample, daemon=True).start()
     chaos_thread = threading.Thread(target=chaos, daemon=True) if cfg.kill_every_s and cfg.replicas > 1 else None
     if chaos_thread:
         chaos_thread.start()
@@ -194,6 +205,8 @@ def run(cfg: FailoverBenchConfig) -> int:
            "server_rss_start_mib": rss_servers_start / 1024, "server_rss_end_mib": rss_servers_end / 1024,
            "client_rss_start_mib": sum(a["rss_start_kib"] for a in answers) / 1024,
            "client_rss_end_mib": sum(a["rss_end_kib"] for a in answers) / 1024,
+           "server_rss_mib_samples": server_samples,
+           "client_rss_mib_samples": [round(sum(x), 1) for x in zip(*(a["rss_mib_samples"] for a in answers))],
            "errors": [e for a in answers for e in a["errors"]][:5], **machine()}
     print(f"{row['requests']:,} requests ({row['batch_rows']} rows each) in {cfg.duration_s:.0f} s by {cfg.clients} "
           f"clients over {cfg.shards} shards x {cfg.replicas} replicas; {row['kills']} kill -9s")
@@ -201,6 +214,8 @@ def run(cfg: FailoverBenchConfig) -> int:
           f"worst failover {row['worst_failover_s'] * 1e3:.0f} ms, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")
     print(f"resident anonymous memory: servers {row['server_rss_start_mib']:.0f} -> {row['server_rss_end_mib']:.0f} MiB, "
           f"clients {row['client_rss_start_mib']:.0f} -> {row['client_rss_end_mib']:.0f} MiB")
+    print(f"  every {cfg.duration_s / 10:.0f} s, servers: {row['server_rss_mib_samples']} MiB")
+    print(f"  every {cfg.duration_s / 10:.0f} s, clients: {row['client_rss_mib_samples']} MiB")
     for error in row["errors"]:
         print(f"  {error}")
     import shutil
