@@ -105,7 +105,8 @@ def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, r
                 got = client.lookup("layer1", ids)
             except MemoryServiceError as e:
                 failed += 1
-                errors.append(str(e)[:300])
+                if len(errors) < 100:
+                    errors.append(str(e)[:300])
                 continue
             if count < len(latencies):
                 latencies[count] = time.perf_counter() - t0
