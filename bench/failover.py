@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import machine, write_rows
+from .report import machine, process_tree, write_rows
 
 
 @dataclass
@@ -62,18 +62,6 @@ def _rss_kib(pids, field: str = "RssAnon:") -> int:
         except OSError:
             pass
     return total
-
-
-def _tree(pid: int) -> list[int]:
-    pids = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
-                    pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
 
 
 def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, results):
@@ -165,7 +153,10 @@ def run(cfg: FailoverBenchConfig) -> int:
         p.start()
     while time.time() < start_at:
         time.sleep(0.05)
-    rss_servers_start = sum(_rss_kib(_tree(x.proc.pid)) for shard in servers for x in shard)
+    def servers_rss_kib() -> int:
+        return sum(_rss_kib(process_tree(x.proc.pid)) for shard in servers for x in shard)
+
+    rss_servers_start = servers_rss_kib()
     kills, stop = [], threading.Event()
 
     def chaos():
@@ -183,7 +174,7 @@ def run(cfg: FailoverBenchConfig) -> int:
 
     def sample():
         while not stop.wait(cfg.duration_s / 10):
-            server_samples.append(round(sum(_rss_kib(_tree(x.proc.pid)) for sh in servers for x in sh) / 1024, 1))
+            server_samples.append(round(servers_rss_kib() / 1024, 1))
     threading.Thread(target=sample, daemon=True).start()
     chaos_thread = threading.Thread(target=chaos, daemon=True) if cfg.kill_every_s and cfg.replicas > 1 else None
     if chaos_thread:
@@ -192,7 +183,7 @@ def run(cfg: FailoverBenchConfig) -> int:
     stop.set()
     if chaos_thread:
         chaos_thread.join(60)
-    rss_servers_end = sum(_rss_kib(_tree(x.proc.pid)) for shard in servers for x in shard)
+    rss_servers_end = servers_rss_kib()
     for p in procs:
         p.join()
     for shard in servers:

@@ -30,3 +30,16 @@ def write_rows(rows: list[dict], path: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
     return out
+
+
+def process_tree(parent: int) -> list[int]:
+    """A process and its direct children (a server and its workers), from /proc."""
+    pids = [parent]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == parent:
+                    pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import machine, write_rows
+from .report import machine, process_tree, write_rows
 
 
 @dataclass
@@ -133,7 +133,7 @@ def run(cfg: ScaleBenchConfig) -> int:
             server = ServiceProcess(db, workers=cfg.server_workers)
             try:
                 server.wait_serving()
-                pids = _children(server.proc.pid)
+                pids = process_tree(server.proc.pid)
                 io0 = _proc_io(pids)
                 ctx = mp.get_context("spawn")
                 results = ctx.Queue()
@@ -184,19 +184,6 @@ def run(cfg: ScaleBenchConfig) -> int:
     plot(rows_out, out.with_suffix(".png"))
     print(f"wrote {out}")
     return 0
-
-
-def _children(parent: int) -> list[int]:
-    """The server's worker processes (and itself), from /proc."""
-    pids = [parent]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == parent:
-                    pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
 
 
 def plot(rows: list[dict], path: Path) -> None:

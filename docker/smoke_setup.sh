@@ -1,6 +1,6 @@
 # Shared by the smoke tests (sourced): a Docker engine, the local base image, and a wheelhouse with
 # the current checkout's engram-memory wheel (rebuilt every run: a stale wheel means stale images).
-# Expects BASE_TAG and log() from the caller.
+# Expects BASE_TAG and log() from the caller; defines rounds_of and wait_rounds.
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || { log "installing docker.io"; apt-get install -y -q docker.io >/dev/null; }
   log "starting dockerd"
@@ -33,3 +33,13 @@ else
     || { tail -20 /tmp/engram-smoke-wheels.log; exit 1; }
 fi
 
+
+# Worker progress, for the callers' checks: $workers (container ids) is read when they run.
+rounds_of() { docker logs "$1" 2>/dev/null | grep -c '"msg": "round"' || true; }
+wait_rounds() {  # every worker reports more than $1 rounds, within ROUNDS_WAIT_S seconds
+  for _ in $(seq "${ROUNDS_WAIT_S:-180}"); do
+    ok=1; for w in $workers; do [ "$(rounds_of "$w")" -gt "$1" ] || ok=0; done
+    [ $ok = 1 ] && return 0; sleep 1
+  done
+  echo "workers did not report rounds"; for w in $workers; do docker logs "$w" | tail -5; done; return 1
+}

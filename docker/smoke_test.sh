@@ -39,14 +39,6 @@ wait_healthy
 log "memory service healthy"
 
 workers=$("${compose[@]}" ps -q worker)
-rounds_of() { docker logs "$1" 2>/dev/null | grep -c '"msg": "round"' || true; }
-wait_rounds() {  # every worker reports more than $1 rounds
-  for _ in $(seq 180); do
-    ok=1; for w in $workers; do [ "$(rounds_of "$w")" -gt "$1" ] || ok=0; done
-    [ $ok = 1 ] && return 0; sleep 1
-  done
-  echo "workers did not report rounds"; for w in $workers; do docker logs "$w" | tail -5; done; return 1
-}
 wait_rounds 0
 w1=$(echo "$workers" | head -1)
 report=$(docker logs "$w1" | grep '"msg": "round"' | tail -1)

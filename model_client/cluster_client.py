@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from memory_service.cluster import ClusterConfig
 from memory_service.manifest import TableManifest, shard_bounds
 
-from .memory_client import MemoryClient, MemoryServiceError
+from .memory_client import MemoryClient, MemoryServiceError, checked_row_ids
 
 FAILOVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
             grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -87,15 +87,8 @@ class ClusterClient:
 
     def lookup(self, table: str, row_ids, version: int = 0, out: np.ndarray | None = None) -> np.ndarray:
         """uint8 [N, row_bytes] in request order (duplicates included), from every shard at once."""
-        ids = np.asarray(row_ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"row_ids must be integers; got dtype {ids.dtype}")
-        ids = ids.reshape(-1).astype(np.int64, copy=False)
         manifest = self.describe(table, version)
-        if ids.size and (ids.min() < 0 or ids.max() >= manifest.num_rows):
-            position = int(np.flatnonzero((ids < 0) | (ids >= manifest.num_rows))[0])
-            raise ValueError(f"row_ids[{position}] = {int(ids[position])} is outside table {table}'s rows "
-                             f"[0, {manifest.num_rows})")
+        ids = checked_row_ids(row_ids, manifest)
         if out is None:
             out = np.empty((len(ids), manifest.row_bytes), dtype=np.uint8)
         deadline = time.monotonic() + self.timeout_s
@@ -112,11 +105,7 @@ class ClusterClient:
         return out
 
     def _checked(self, client: MemoryClient, shard: int, table: str, version: int, timeout: float) -> TableManifest:
-        client._local.timeout = timeout
-        try:
-            manifest = client.describe(table, version)
-        finally:
-            client._local.timeout = None
+        manifest = client.describe(table, version, timeout_s=timeout)
         if (manifest.shard, manifest.shards) != (shard, self.num_shards):
             raise MemoryServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"replica {self._address[id(client)]} "
                                      f"holds shard {manifest.shard} of {manifest.shards} of table {table}, "
