@@ -3,10 +3,12 @@
 1.5 GiB). Tables this size, not toy ones, decide how much TLB and cache misses cost a gather."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from memory_service.checkpoint import RandomRows
 from memory_service.loader import load_layer
+from memory_service.reader import StoreReader
 from memory_service.store import TableStore
 from model_client import EngramConfig
 
@@ -16,12 +18,29 @@ CONFIGS = {
 }
 
 
+def _stale(path: Path) -> bool:
+    """A store written before chunk maps existed: its reader reads every chunk to place it, and the
+    map's pages end up 4 KiB-mapped, so it would not measure what the service does today."""
+    if not (path / "data.mdb").is_file():
+        return False
+    store = TableStore(path, readonly=True)
+    try:
+        if not store.current_version("layer1"):
+            return False
+        with StoreReader(store, huge_pages="off").snapshot() as snap:
+            return snap.view("layer1", 0).chunks_read > 0
+    finally:
+        store.close()
+
+
 def build(db: str | Path, progress: bool = True) -> dict:
     """Create (or reuse) one store per row size; {row_bytes: (store path, manifest)}."""
     out = {}
     for row_bytes, cfg in CONFIGS.items():
         assert cfg.row_bytes == row_bytes
         path = Path(db) / f"rows{row_bytes}"
+        if _stale(path):
+            shutil.rmtree(path)
         store = TableStore(path, bulk=True)
         try:
             if not store.current_version("layer1"):

@@ -12,6 +12,7 @@ The reader picks up newly published versions by checking LMDB's last transaction
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import threading
 import time
@@ -20,8 +21,10 @@ from contextlib import contextmanager
 import numpy as np
 
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
-from . import chunk_map
+from . import chunk_map, huge_pages
 from .store import DROPPING, StoreError, TableStore, chunk_key, manifest_key
+
+logger = logging.getLogger("engram_memory")
 
 
 class TableView:
@@ -41,6 +44,11 @@ class TableView:
                 self.chunks_read += 1
             addresses.append(address)
             lengths.append(nbytes)
+        if self.chunks_read:
+            logger.warning("table %s v%d: %d of %d chunks located by reading them (the store has no chunk "
+                           "map for them: written before it existed, or copied); reload the table to open "
+                           "it without reading it", manifest.table, manifest.version, self.chunks_read,
+                           manifest.num_chunks)
         addresses = np.array(addresses, dtype=np.int64)
         base = int(addresses.min())
         span = int((addresses + np.array(lengths)).max()) - base
@@ -129,8 +137,9 @@ class TableView:
 
 
 class Snapshot:
-    def __init__(self, store: TableStore):
+    def __init__(self, store: TableStore, huge: bool = False):
         self.store = store
+        self.huge = huge  # advise huge pages over the map's used bytes (huge_pages.py)
         self.txn = store.env.begin(buffers=True)
         self.txnid = self.txn.id()
         psize = store.env.stat()["psize"]
@@ -155,6 +164,8 @@ class Snapshot:
                     if self._base is None:  # from the manifest's own page (chunk_map.py)
                         self._base = chunk_map.map_base(self.txn, self.store.meta,
                                                         manifest_key(table, manifest.version), self._psize)
+                        if self.huge:
+                            huge_pages.advise(self._base, self.limit)
                     self.views[(table, manifest.version)] = view = TableView(
                         manifest, self.txn, self.store, self._base, self.limit)
                     if version == 0:
@@ -167,11 +178,13 @@ class Snapshot:
 
 
 class StoreReader:
-    def __init__(self, store: TableStore, refresh_s: float = 0.05):
+    def __init__(self, store: TableStore, refresh_s: float = 0.05, huge_pages: str = "auto"):
+        """huge_pages: auto (when the store fits in half the memory), on or off; huge_pages.py."""
         self.store = store
         self.refresh_s = refresh_s
+        self.huge_pages = huge_pages
         self._lock = threading.Lock()
-        self._snapshot = Snapshot(store)
+        self._snapshot = self._new_snapshot()
         self._checked = time.monotonic()
 
     @contextmanager
@@ -202,10 +215,15 @@ class StoreReader:
         with self.store.env.begin() as txn:
             if txn.id() == self._snapshot.txnid:
                 return
-        old, self._snapshot = self._snapshot, Snapshot(self.store)
+        old, self._snapshot = self._snapshot, self._new_snapshot()
         old.retired = True
         if old.users == 0:
             old.close()
+
+    def _new_snapshot(self) -> Snapshot:
+        snap = Snapshot(self.store)
+        snap.huge = huge_pages.wanted(self.huge_pages, snap.limit)
+        return snap
 
     def lookup(self, table: str, version: int, row_ids: np.ndarray) -> tuple[TableManifest, np.ndarray]:
         with self.snapshot() as snap:

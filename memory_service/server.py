@@ -43,6 +43,9 @@ class ServiceConfig:
     max_message_mb: int = field(default=256, metadata={"help": "largest request or response, MiB"})
     refresh_ms: int = field(default=50, metadata={
         "help": "how often readers look for newly published versions, milliseconds"})
+    huge_pages: str = field(default="auto", metadata={
+        "help": "map table pages 2 MiB at a time (one TLB entry per 2 MiB of rows): auto = when the "
+                "store's used bytes fit in half of the memory; on; off (memory_service/huge_pages.py)"})
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"})
     create: bool = field(default=False, metadata={
         "help": "create an empty store if --db does not exist (tables then come through AdminService)"})
@@ -79,6 +82,7 @@ class ServiceConfig:
         check("max_message_mb", 4 <= self.max_message_mb <= 2047, "must be in [4, 2047] MiB")
         check("refresh_ms", self.refresh_ms >= 1, "must be >= 1")
         check("grace_s", self.grace_s >= 0, "must be >= 0")
+        check("huge_pages", self.huge_pages in ("auto", "on", "off"), "must be auto, on or off")
         check("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "must be a log level")
         check("db", self.create or (Path(self.db) / "data.mdb").is_file(),
               "no table store there: create one with `engram-memory load --db DIR ...` or pass --create")
@@ -127,7 +131,7 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1) -> 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     store = TableStore(cfg.db)
-    reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000)
+    reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000, huge_pages=cfg.huge_pages)
     limit = cfg.max_message_mb << 20
     # beyond `threads` calls at once a call is refused with RESOURCE_EXHAUSTED instead of queueing
     options = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
