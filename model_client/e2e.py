@@ -33,6 +33,9 @@ class WorkerConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)"})
     device_cache_mb: int = field(default=64, metadata={"help": "device row cache, MiB (all Engram layers together)"})
     host_cache_mb: int = field(default=0, metadata={"help": "pinned host row cache, MiB (0: none)"})
+    host_mirror_mb: int = field(default=0, metadata={
+        "help": "pinned host memory for whole tables of the earliest Engram layers, copied from the service "
+                "at start (the demo's layer 1 in bf16: 1,263 MiB); their decode misses then need no RPC (0: none)"})
     policy: str = field(default="lru", metadata={"help": f"cache policy: {', '.join(POLICIES)}"})
     num_layers: int = field(default=16, metadata={"help": "backbone blocks (Engram layers must be among them)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
@@ -59,8 +62,9 @@ class WorkerConfig:
             raise ValueError("WorkerConfig.device is cuda but torch sees no GPU")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"WorkerConfig.dtype must be auto, float32 or bfloat16 (got {self.dtype!r})")
-        if self.repeats < 1 or self.device_cache_mb < 1 or self.host_cache_mb < 0:
-            raise ValueError("WorkerConfig: repeats and device_cache_mb must be >= 1, host_cache_mb >= 0")
+        if self.repeats < 1 or self.device_cache_mb < 1 or self.host_cache_mb < 0 or self.host_mirror_mb < 0:
+            raise ValueError("WorkerConfig: repeats and device_cache_mb must be >= 1, host_cache_mb and "
+                             "host_mirror_mb >= 0")
         WorkloadConfig(self.sequences, self.min_len, self.max_len, self.decode_steps)
 
     @property
@@ -97,15 +101,14 @@ def ensure_tables(config: EngramConfig, db: Path, tokenizer) -> None:
         store.close()
 
 
-def _phase_waits(prefetcher, counts_before: dict, steps_per_run: int) -> tuple[float, float]:
-    """Exposed wait (s) of the prefill and of the decode steps since counts_before."""
-    prefill = decode = 0.0
+def _phase_waits(prefetcher, counts_before: dict, prefill_steps: int) -> dict[int, tuple[float, float]]:
+    """Per layer, the exposed wait (s) of one run's prefill forwards (its first prefill_steps: one per
+    prefill group) and of its decode steps, since counts_before."""
+    out = {}
     for layer, waits in prefetcher.exposed_wait_s.items():
         new = waits[counts_before.get(layer, 0):]
-        for k in range(0, len(new), steps_per_run):
-            prefill += new[k]
-            decode += sum(new[k + 1:k + steps_per_run])
-    return prefill, decode
+        out[layer] = (sum(new[:prefill_steps]), sum(new[prefill_steps:]))
+    return out
 
 
 def run_comparison(cfg: WorkerConfig, log=print) -> dict:
@@ -138,7 +141,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
         if server:
             server.wait_serving()
         store = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(server.target))
-        prefetcher = Prefetcher(hasher, store, device, cfg.device_cache_mb << 20, cfg.host_cache_mb << 20, cfg.policy)
+        prefetcher = Prefetcher(hasher, store, device, cfg.device_cache_mb << 20, cfg.host_cache_mb << 20, cfg.policy,
+                                host_mirror_bytes=cfg.host_mirror_mb << 20)
         try:
             remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=device.type == "cpu")
                                                   for layer in config.layer_ids}).to(device, dtype).eval()
@@ -156,7 +160,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
                     result = runner.run(prompt_sets[r], cfg.decode_steps, cfg.prefill_batch)
                     results[mode].append(result)
                     if mode == "remote":
-                        waits.append(_phase_waits(prefetcher, before, cfg.decode_steps + 1))
+                        groups = -(-cfg.sequences // (cfg.prefill_batch or cfg.sequences))
+                        waits.append(_phase_waits(prefetcher, before, groups))
                     log(f"  run {r + 1}/{cfg.repeats} {mode:<6}: prefill {result.prefill_tokens_per_s:>9,.0f} tok/s, "
                         f"decode {result.decode_tokens_per_s:>8,.0f} tok/s")
                 pair = (results["local"][r], results["remote"][r])
@@ -165,6 +170,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
                     result.logits = None  # bit-compared: free them (512 x 129,280 logits a step add up)
             device_stats = prefetcher.device_tier.stats()
             host_stats = prefetcher.host_tier.stats() if prefetcher.host_tier else None
+            mirror = prefetcher.host_mirror
+            mirrored = (sorted(mirror.data), mirror.nbytes, mirror.rows_served) if mirror else ([], 0, 0)
         finally:
             prefetcher.close()
     finally:
@@ -177,7 +184,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
            "decode_tokens": results["local"][0].decode_tokens, "backbone_parameters": backbone.parameters,
            "table_rows": sum(hasher.geometry.rows(layer) for layer in config.layer_ids),
            "table_bytes": hasher.geometry.total_bytes, "device_cache_bytes": cfg.device_cache_mb << 20,
-           "host_cache_bytes": cfg.host_cache_mb << 20, "policy": cfg.policy, "outputs_match": match,
+           "host_cache_bytes": cfg.host_cache_mb << 20, "host_mirror_tables": mirrored[0],
+           "host_mirror_bytes": mirrored[1], "policy": cfg.policy, "outputs_match": match,
            "kernels": "triton" if kernels.use_triton(torch.empty(0, device=device)) else "reference"}
     for phase in ("prefill", "decode"):
         for mode in ("local", "remote"):
@@ -186,10 +194,14 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
         out[f"{phase}_ratio_remote_to_local"] = med([getattr(b, f"{phase}_tokens_per_s") / getattr(a, f"{phase}_tokens_per_s")
                                                      for a, b in zip(results["local"], results["remote"])])
         seconds = med([getattr(r, f"{phase}_s") for r in results["remote"]])
-        out[f"{phase}_exposed_wait_share"] = med([w[0 if phase == "prefill" else 1] for w in waits]) / seconds if seconds else 0.0
+        k = 0 if phase == "prefill" else 1
+        out[f"{phase}_exposed_wait_share"] = med([sum(w[k] for w in run.values()) for run in waits]) / seconds if seconds else 0.0
+        out[f"{phase}_exposed_wait_share_by_layer"] = {
+            str(layer): med([run[layer][k] for run in waits]) / seconds if seconds else 0.0 for layer in waits[0]}
     out["device_cache_hit_rate"] = device_stats.hit_rate
     out["host_cache_hit_rate"] = host_stats.hit_rate if host_stats else None
-    out["rows_from_store"] = sum(prefetcher.store_rows.values())
+    out["rows_from_host_mirror"] = mirrored[2]
+    out["rows_from_store"] = sum(prefetcher.store_rows.values()) - mirrored[2]
     return out
 
 
@@ -198,7 +210,8 @@ def report(out: dict) -> str:
     lines = [
         f"tables: {out['table_rows']:,} rows ({gib:.2f} GiB) via {out['mode']}; device cache "
         f"{out['device_cache_bytes'] >> 20} MiB ({out['table_bytes'] / out['device_cache_bytes']:.0f}x smaller than "
-        f"the tables), host cache {out['host_cache_bytes'] >> 20} MiB, policy {out['policy']}, "
+        f"the tables), host cache {out['host_cache_bytes'] >> 20} MiB, host mirror "
+        f"{', '.join(out.get('host_mirror_tables', [])) or 'none'}, policy {out['policy']}, "
         f"{out.get('kernels', 'reference')} kernels",
         f"model: {out['backbone_parameters'] / 1e6:.0f}M backbone parameters, RANDOM weights (the output is not text; "
         f"the point is Engram's data path), {out['dtype']} on {out['device']}",
@@ -212,6 +225,7 @@ def report(out: dict) -> str:
                      f"{out[f'{phase}_ratio_remote_to_local']:>8.3f}{out[f'{phase}_exposed_wait_share']:>13.1%}")
     host = f"{out['host_cache_hit_rate']:.1%}" if out["host_cache_hit_rate"] is not None else "-"
     lines += ["", f"hit rates: device cache {out['device_cache_hit_rate']:.1%}, host cache {host}; "
-                  f"{out['rows_from_store']:,} rows read from the {'LMDB' if 'lmdb' in out['mode'] else 'service'}",
+                  f"{out.get('rows_from_host_mirror', 0):,} rows read from the host mirror, "
+                  f"{out['rows_from_store']:,} from the {'LMDB' if 'lmdb' in out['mode'] else 'service'}",
               f"outputs of local and remote tables match bit for bit: {'YES' if out['outputs_match'] else 'NO'}"]
     return "\n".join(lines)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from kernels import use_triton
 
 from .hasher import LookbackState, NgramHasher
+from .host_mirror import HostMirror
 from .row_cache import NO_USE
 from .tiers import CacheTier, fetch
 
@@ -27,7 +28,7 @@ _TICKS = 1 << 22  # announced ticks are kept as id * _TICKS + tick: row ids up t
 class Prefetcher:
     def __init__(self, hasher: NgramHasher, store, device="cpu", device_cache_bytes: int = 64 << 20,
                  host_cache_bytes: int = 0, policy: str = "lru", tables: dict[int, str] | None = None,
-                 version_check_s: float = 1.0):
+                 version_check_s: float = 1.0, host_mirror_bytes: int = 0, progress: bool = True):
         self.hasher, self.store, self.device = hasher, store, torch.device(device)
         self.layers = list(hasher.config.layer_ids)
         self.tables = tables or {layer: f"layer{layer}" for layer in self.layers}
@@ -36,7 +37,6 @@ class Prefetcher:
         # the host tier works on the prefetch thread, on CPU: torch ops, never the Triton kernels
         self.host_tier = (CacheTier("host", host_cache_bytes, self.row_bytes, "cpu", policy, pin_memory=True,
                                     kernels=False) if host_cache_bytes else None)
-        self.lower_tiers = [t for t in (self.host_tier, store) if t is not None]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
         self.current: Step | None = None
         self.future: dict[int, torch.Tensor] = {}  # per layer: sorted id * _TICKS + tick of announced uses
@@ -47,6 +47,12 @@ class Prefetcher:
         # caches drop the old version's rows, and the next step reads the new one.
         self.version_check_s, self._checked_at = version_check_s, time.monotonic()
         self.versions = {table: store.version(table) for table in self.tables.values()}
+        # whole tables of the earliest layers in host memory: their misses are read on the calling
+        # thread at forward entry, before the first block runs (host_mirror.py)
+        self.host_mirror = (HostMirror(host_mirror_bytes, [self.tables[layer] for layer in self.layers], store,
+                                       self.versions, pin_memory=torch.cuda.is_available(), progress=progress)
+                            if host_mirror_bytes else None)
+        self.lower_tiers = [t for t in (self.host_mirror, self.host_tier, store) if t is not None]
         self.switches: list[tuple[str, int, int]] = []                    # (table, old, new)
 
     def announce(self, batches: list[torch.Tensor]) -> None:
@@ -93,6 +99,8 @@ class Prefetcher:
             for tier in (self.device_tier, self.host_tier):
                 if tier is not None:
                     tier.clear(table)
+            if self.host_mirror is not None and self.host_mirror.holds(table):
+                self.host_mirror.reload(table, current)
             self.versions[table] = current
             self.future = {}  # announcements were made for the old rows' ticks; harmless, but stale
             self.switches.append((table, pinned, current))
@@ -117,6 +125,8 @@ class Prefetcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self.host_mirror is not None:
+            self.host_mirror.close()
         self.store.close()
 
 
@@ -133,9 +143,14 @@ class Step:
             hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # the step's syncs
             self.parts[layer] = (table, unique, inverse, slot, hit_at, miss_at,
                                  None if upcoming is None else upcoming[miss_at])
+        mirror = prefetcher.host_mirror
         for layer, (table, unique, _, _, _, miss_at, _) in self.parts.items():  # the first layer's rows first
-            self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer,
-                                                         prefetcher.versions[table])  # this step's version
+            args = table, unique[miss_at].cpu(), layer, prefetcher.versions[table]  # this step's version
+            if mirror is not None and mirror.holds(table):  # one index_select, here: nothing to overlap
+                self.futures[layer] = Future()
+                self.futures[layer].set_result(self._read_below(*args))
+            else:
+                self.futures[layer] = prefetcher.pool.submit(self._read_below, *args)
 
     def _read_below(self, table: str, miss: torch.Tensor, layer: int, version: int) -> torch.Tensor:
         rows = torch.empty(len(miss), self.p.row_bytes[table], dtype=torch.uint8,

@@ -6,8 +6,9 @@
     put_many(table, ids, rows)           offer rows to a cache tier (stores are read-only)
     close()
 
-Tiers, fastest first: CacheTier on the GPU (HBM), CacheTier in pinned host memory, then one
-backing store: StoreTier reads the service's LMDB environment directly (a worker on the service's
+Tiers, fastest first: CacheTier on the GPU (HBM), HostMirror (whole tables of the earliest Engram
+layers in pinned host memory, host_mirror.py), CacheTier in pinned host memory, then one backing
+store: StoreTier reads the service's LMDB environment directly (a worker on the service's
 host, no RPC) or ServiceTier asks the memory service over gRPC. A backing store finds every valid
 id or raises; it never returns a zero row for a row that should exist.
 """
@@ -134,11 +135,14 @@ def fetch(table: str, ids: torch.Tensor, out: torch.Tensor, tiers: list, version
         todo = missing.nonzero().squeeze(1)
         if len(todo) == 0:
             break
-        buffer = torch.empty(len(todo), out.shape[1], dtype=torch.uint8)
+        whole = len(todo) == len(ids)  # the first tier asked: it writes straight into out
+        buffer = out if whole and out.device.type == "cpu" else torch.empty(len(todo), out.shape[1], dtype=torch.uint8)
         store = depth == len(tiers) - 1
-        found = (tier.get_many(table, ids[todo], buffer, version=version) if store
-                 else tier.get_many(table, ids[todo], buffer)).cpu()
-        out[todo[found]] = buffer[found].to(out.device)
+        asked = ids if whole else ids[todo]
+        found = (tier.get_many(table, asked, buffer, version=version) if store
+                 else tier.get_many(table, asked, buffer)).cpu()
+        if buffer is not out:  # rows the tier did not find are rewritten by a lower tier below
+            out[todo[found]] = buffer[found].to(out.device)
         for upper in tiers[:depth]:
             upper.put_many(table, ids[todo[found]], buffer[found])
         missing[todo[found]] = False

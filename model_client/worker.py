@@ -31,6 +31,9 @@ class WorkerLoopConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
     device_cache_mb: int = field(default=64, metadata={"help": "device row cache, MiB"})
     host_cache_mb: int = field(default=0, metadata={"help": "pinned host row cache, MiB (0: none)"})
+    host_mirror_mb: int = field(default=0, metadata={
+        "help": "pinned host memory for whole tables of the earliest Engram layers, copied from the service "
+                "at start; their decode misses then need no RPC (0: none)"})
     policy: str = field(default="lookahead", metadata={"help": f"cache policy: {', '.join(POLICIES)}"})
     num_layers: int = field(default=16, metadata={"help": "backbone blocks"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
@@ -48,6 +51,8 @@ class WorkerLoopConfig:
             raise ValueError(f"WorkerLoopConfig.policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
         if ":" not in self.target:
             raise ValueError(f"WorkerLoopConfig.target must be host:port (got {self.target!r})")
+        if self.host_cache_mb < 0 or self.host_mirror_mb < 0:
+            raise ValueError("WorkerLoopConfig.host_cache_mb and host_mirror_mb must be >= 0")
         if self.rounds < 0 or self.retry_s <= 0:
             raise ValueError("WorkerLoopConfig.rounds must be >= 0 and retry_s > 0")
 
@@ -87,7 +92,7 @@ def run(cfg: WorkerLoopConfig) -> int:
                   target=cfg.cluster or cfg.target)
             time.sleep(cfg.retry_s)
     prefetcher = Prefetcher(hasher, ServiceTier(client), device, cfg.device_cache_mb << 20,
-                            cfg.host_cache_mb << 20, cfg.policy)
+                            cfg.host_cache_mb << 20, cfg.policy, host_mirror_bytes=cfg.host_mirror_mb << 20)
     torch.manual_seed(cfg.seed)
     backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, 1, cfg.heads,
                               max_positions=cfg.max_len + cfg.decode_steps + 1)

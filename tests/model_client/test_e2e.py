@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from memory_service.process import executable
-from model_client.e2e import WorkerConfig, report, run_comparison
+from model_client.e2e import WorkerConfig, _phase_waits, report, run_comparison
 
 from ..served import tiny_config
 
@@ -25,9 +25,18 @@ def worker(tmp_path, config, **changes):
     return dataclasses.replace(base, **changes)
 
 
-@pytest.mark.parametrize("colocated", [False, True])
-def test_remote_and_local_runs_match(tmp_path, tiny_json, colocated):
-    out = run_comparison(worker(tmp_path, tiny_json, colocated=colocated, prefill_batch=2), log=lambda *_: None)
+def test_phase_waits_split_prefill_groups_from_decode_steps():
+    class Waits:  # two prefill groups, then three decode steps, after one earlier run's two waits
+        exposed_wait_s = {1: [9.0, 9.0, 1.0, 2.0, 0.5, 0.25, 0.125], 15: [9.0, 9.0, 4.0, 0.0, 1.0, 0.0, 0.0]}
+    assert _phase_waits(Waits, {1: 2, 15: 2}, prefill_steps=2) == {1: (3.0, 0.875), 15: (4.0, 1.0)}
+
+
+@pytest.mark.parametrize("colocated,mirror", [(False, 0), (True, 0), (False, 1)])
+def test_remote_and_local_runs_match(tmp_path, tiny_json, colocated, mirror):
+    out = run_comparison(worker(tmp_path, tiny_json, colocated=colocated, prefill_batch=2, host_mirror_mb=mirror),
+                         log=lambda *_: None)
+    if mirror:  # 1 MiB holds layer 1's table (~12,000 rows of 160 B), not layer 2's as well
+        assert out["host_mirror_tables"] == ["layer1"] and out["rows_from_host_mirror"] > 0
     assert out["outputs_match"] is True
     assert out["prefill_tokens"] > 0 and out["decode_tokens"] == 3 * 4
     for key in ("prefill_ratio_remote_to_local", "decode_ratio_remote_to_local", "prefill_exposed_wait_share",

@@ -32,7 +32,7 @@ def rows_of(step, seed):
     return torch.from_numpy(table[ids.reshape(-1).numpy()]).view(*ids.shape, table.shape[1])
 
 
-@pytest.mark.parametrize("tier", ["service", "lmdb"])
+@pytest.mark.parametrize("tier", ["service", "lmdb", "service+mirror"])
 def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer, tier):
     db = tmp_path / "db"
     fill_store(db, seed=0, dtypes=BF16)
@@ -42,7 +42,8 @@ def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer,
             server.wait_serving()
         store = ServiceTier(MemoryClient(server.target)) if server else StoreTier(str(db))
         prefetcher = Prefetcher(NgramHasher(CONFIG, ds_tokenizer), store, device_cache_bytes=1 << 20,
-                                version_check_s=0.0)
+                                version_check_s=0.0, host_mirror_bytes=(64 << 20) * tier.endswith("mirror"),
+                                progress=False)  # +mirror: every table in host memory
         ids = torch.from_numpy(real_text_ids(ds_tokenizer, "en")[:64].reshape(2, 32))
         first = prefetcher.start(ids)
         assert torch.equal(first.rows(LAYER), rows_of(first, seed=0))
@@ -57,6 +58,10 @@ def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer,
         switched = prefetcher.start(ids)                                  # the next step boundary
         assert (f"layer{LAYER}", 1, 2) in prefetcher.switches and len(prefetcher.switches) == len(BF16)
         assert torch.equal(switched.rows(LAYER), rows_of(switched, seed=1))   # no stale cached row
+        if prefetcher.host_mirror is not None:                            # the mirror copied v2 whole
+            assert prefetcher.host_mirror.versions == {f"layer{layer}": 2 for layer in BF16}
+            np.testing.assert_array_equal(prefetcher.host_mirror.data[f"layer{LAYER}"].numpy(),
+                                          expected_rows(LAYER, seed=1))
         prefetcher.close()
     finally:
         if server:

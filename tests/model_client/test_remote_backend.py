@@ -43,7 +43,7 @@ def modules(prefetcher, device="cpu"):
 
 
 @pytest.mark.parametrize("tier,device", [
-    ("service", "cpu"), ("lmdb", "cpu"),
+    ("service", "cpu"), ("lmdb", "cpu"), ("service+mirror", "cpu"),
     # every Triton kernel in the loop (hashing, cache probe/insert, gather, gate), interpreted on CPU
     pytest.param("service", "cpu-triton", marks=pytest.mark.skipif(not INTERPRETED, reason="needs triton")),
     pytest.param("service", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
@@ -55,8 +55,14 @@ def test_remote_equals_local_bit_for_bit(bf16_server, ds_tokenizer, tier, device
 def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
     server, db = bf16_server
     hasher = NgramHasher(CONFIG, ds_tokenizer)
-    store = ServiceTier(MemoryClient(server.target)) if tier == "service" else StoreTier(str(db))
-    prefetcher = Prefetcher(hasher, store, device, device_cache_bytes=64 << 10, host_cache_bytes=128 << 10)
+    store = ServiceTier(MemoryClient(server.target)) if tier.startswith("service") else StoreTier(str(db))
+    # +mirror: the first Engram layer's whole table in host memory (one table's bytes), the rest remote
+    first = CONFIG.layer_ids[0]
+    mirror_bytes = hasher.geometry.rows(first) * store.row_bytes(f"layer{first}") if tier.endswith("mirror") else 0
+    prefetcher = Prefetcher(hasher, store, device, device_cache_bytes=64 << 10, host_cache_bytes=128 << 10,
+                            host_mirror_bytes=mirror_bytes, progress=False)
+    if mirror_bytes:
+        assert list(prefetcher.host_mirror.data) == [f"layer{first}"]
     local, remote = modules(prefetcher, device)
     text = real_text_ids(ds_tokenizer, "en")
     lengths = [37, 5, 64, 20]
@@ -95,6 +101,8 @@ def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
     device = prefetcher.device_tier.stats()
     assert device.hits > 0 and device.misses > 0                # real traffic through the caches
     assert sum(len(w) for w in prefetcher.exposed_wait_s.values()) == (4 + 8) * len(CONFIG.layer_ids)
+    if mirror_bytes:                                           # the first layer's misses came from the mirror
+        assert prefetcher.host_mirror.rows_served == prefetcher.store_rows[first] > 0
     prefetcher.close()
 
 
