@@ -7,12 +7,15 @@ order, to a background thread that reads them from the host cache tier and the b
 backbone meanwhile runs the blocks before the first Engram layer. Inside an Engram layer,
 `Step.rows(layer)` waits for that layer's rows only, records the exposed wait, copies them to the
 device, inserts them into the device cache and assembles the [B, T, columns] rows.
+
+Layers whose whole table is in a host mirror (host_mirror.py) read small batches (decode steps)
+straight from it at forward entry instead: every row, no cache, one sync (`Step._read_direct`).
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -24,6 +27,7 @@ from .row_cache import NO_USE
 from .tiers import CacheTier, fetch
 
 _TICKS = 1 << 22  # announced ticks are kept as id * _TICKS + tick: row ids up to 2**41
+DIRECT_ROWS = 1 << 14  # rows of one layer per forward read straight from a host mirror (decode of 1,024)
 
 class Prefetcher:
     def __init__(self, hasher: NgramHasher, store, device="cpu", device_cache_bytes: int = 64 << 20,
@@ -53,6 +57,10 @@ class Prefetcher:
                                        self.versions, pin_memory=torch.cuda.is_available(), progress=progress)
                             if host_mirror_bytes else None)
         self.lower_tiers = [t for t in (self.host_mirror, self.host_tier, store) if t is not None]
+        # A mirrored layer's small batches (decode: 512 sequences x 16 columns = 8,192 rows) skip the
+        # device cache: one index_select from the mirror plus one 1 MiB copy cost less than probing,
+        # compacting hits and misses (three syncs) and inserting. Larger ones (prefill) use the cache.
+        self.direct_rows = DIRECT_ROWS
         self.switches: list[tuple[str, int, int]] = []                    # (table, old, new)
 
     def announce(self, batches: list[torch.Tensor]) -> None:
@@ -133,9 +141,16 @@ class Prefetcher:
 class Step:
     def __init__(self, prefetcher: Prefetcher, hash_ids: torch.Tensor, row_ids: torch.Tensor):
         self.p, self.hash_stack, self.row_stack = prefetcher, hash_ids, row_ids
-        self.parts, self.futures = {}, {}
+        self.parts, self.futures, self.direct = {}, {}, {}
+        mirror = prefetcher.host_mirror
+        direct = [i for i, layer in enumerate(prefetcher.layers) if mirror is not None
+                  and mirror.holds(prefetcher.tables[layer]) and row_ids[i].numel() <= prefetcher.direct_rows]
+        if direct:
+            self._read_direct(direct)
         for i, layer in enumerate(prefetcher.layers):
             table = prefetcher.tables[layer]
+            if layer in self.direct:
+                continue
             unique, inverse = torch.unique(row_ids[i].reshape(-1), return_inverse=True)
             cache = prefetcher.device_tier.caches[table]
             upcoming = prefetcher.next_use(layer, unique, cache.tick + 1)  # announced later uses
@@ -143,14 +158,24 @@ class Step:
             hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # the step's syncs
             self.parts[layer] = (table, unique, inverse, slot, hit_at, miss_at,
                                  None if upcoming is None else upcoming[miss_at])
-        mirror = prefetcher.host_mirror
         for layer, (table, unique, _, _, _, miss_at, _) in self.parts.items():  # the first layer's rows first
-            args = table, unique[miss_at].cpu(), layer, prefetcher.versions[table]  # this step's version
-            if mirror is not None and mirror.holds(table):  # one index_select, here: nothing to overlap
-                self.futures[layer] = Future()
-                self.futures[layer].set_result(self._read_below(*args))
-            else:
-                self.futures[layer] = prefetcher.pool.submit(self._read_below, *args)
+            self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer,
+                                                         prefetcher.versions[table])  # this step's version
+
+    def _read_direct(self, direct: list[int]) -> None:
+        """Every row of the given layers (indices into layers) from the host mirror, copied to the
+        device: one sync for all of them, no cache. The time it takes is the layers' exposed wait."""
+        t0 = time.perf_counter()
+        ids = self.row_stack[direct].cpu()
+        cuda = self.row_stack.is_cuda
+        for k, i in enumerate(direct):
+            layer = self.p.layers[i]
+            table = self.p.tables[layer]
+            rows = torch.empty(ids[k].numel(), self.p.row_bytes[table], dtype=torch.uint8, pin_memory=cuda)
+            self.p.host_mirror.get_many(table, ids[k].reshape(-1), rows)
+            self.p.store_rows[layer] += len(rows)
+            self.direct[layer] = rows.to(self.row_stack.device, non_blocking=True)
+        self.direct_wait = (time.perf_counter() - t0) / len(direct)
 
     def _read_below(self, table: str, miss: torch.Tensor, layer: int, version: int) -> torch.Tensor:
         rows = torch.empty(len(miss), self.p.row_bytes[table], dtype=torch.uint8,
@@ -158,6 +183,10 @@ class Step:
         fetch(table, miss, rows, self.p.lower_tiers, version)
         self.p.store_rows[layer] += len(miss)
         return rows
+
+    def pending(self, layer: int) -> bool:
+        """Whether this step holds rows of `layer` nobody has read yet."""
+        return layer in self.parts or layer in self.direct
 
     def hash_ids(self, layer: int) -> torch.Tensor:
         """Per-sub-table indices [B, T, columns] of one layer: the Engram module's input."""
@@ -168,6 +197,10 @@ class Step:
 
     def rows(self, layer: int) -> torch.Tensor:
         """uint8 [B, T, columns, row_bytes] on the device; waits only for this layer's rows."""
+        if layer in self.direct:
+            self.p.exposed_wait_s[layer].append(self.direct_wait)
+            rows = self.direct.pop(layer)
+            return rows.view(*self.row_ids(layer).shape, rows.shape[1])
         table, unique, inverse, slot, hit_at, miss_at, miss_upcoming = self.parts.pop(layer)
         cache, miss_rows = self._arrived(layer, table)
         rows = torch.empty(len(unique), cache.row_bytes, dtype=torch.uint8, device=cache.device)
@@ -181,7 +214,7 @@ class Step:
         """The layer's rows decoded to `dtype`, [B, T, columns, head_dim]. On CUDA one Triton kernel
         gathers them from the cache slots (hits) and the fetched rows (misses), dequantizing on the
         way, with no [B, T, columns, row_bytes] intermediate; elsewhere `rows` + RowFormat."""
-        if not use_triton(self.row_stack):
+        if layer in self.direct or not use_triton(self.row_stack):
             return row_format.decode_torch(self.rows(layer), dtype)
         from kernels.gather import gather_rows
         table, unique, inverse, slot, hit_at, miss_at, miss_upcoming = self.parts.pop(layer)
@@ -202,5 +235,5 @@ class Step:
 
     def wait_all(self) -> None:
         """Consume the layers nobody read (e.g. a forward pass that stopped early)."""
-        for layer in list(self.parts):
+        for layer in [*self.parts, *self.direct]:
             self.rows(layer)

@@ -25,7 +25,7 @@ class RemoteTableBackend:
 
     def lookup(self, row_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         step = self.prefetcher.current
-        if step is None or self.layer_id not in step.parts:
+        if step is None or not step.pending(self.layer_id):
             raise RuntimeError(f"Engram layer {self.layer_id}: no prefetched rows; call prefetcher.start("
                                "input_ids) at forward entry, once per forward pass")
         # a safety net against silently wrong rows (one device sync; check=False skips it)

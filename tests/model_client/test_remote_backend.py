@@ -46,7 +46,8 @@ def modules(prefetcher, device="cpu"):
     ("service", "cpu"), ("lmdb", "cpu"), ("service+mirror", "cpu"),
     # every Triton kernel in the loop (hashing, cache probe/insert, gather, gate), interpreted on CPU
     pytest.param("service", "cpu-triton", marks=pytest.mark.skipif(not INTERPRETED, reason="needs triton")),
-    pytest.param("service", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
+    pytest.param("service", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+    pytest.param("service+mirror", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
 def test_remote_equals_local_bit_for_bit(bf16_server, ds_tokenizer, tier, device):
     with kernels.backend("triton" if device == "cpu-triton" else kernels.get_backend()):
         remote_equals_local(bf16_server, ds_tokenizer, tier, device.replace("-triton", ""))
@@ -61,8 +62,9 @@ def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
     mirror_bytes = hasher.geometry.rows(first) * store.row_bytes(f"layer{first}") if tier.endswith("mirror") else 0
     prefetcher = Prefetcher(hasher, store, device, device_cache_bytes=64 << 10, host_cache_bytes=128 << 10,
                             host_mirror_bytes=mirror_bytes, progress=False)
-    if mirror_bytes:
+    if mirror_bytes:  # prefill chunks (256 rows a layer) through the cache, decode steps (16) direct
         assert list(prefetcher.host_mirror.data) == [f"layer{first}"]
+        prefetcher.direct_rows = 64
     local, remote = modules(prefetcher, device)
     text = real_text_ids(ds_tokenizer, "en")
     lengths = [37, 5, 64, 20]
