@@ -64,27 +64,34 @@ def _rss_kib(pids, field: str = "RssAnon:") -> int:
     return total
 
 
+LATENCY_SAMPLES = 200_000
+
+
 def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, results):
     from memory_service.checkpoint import RandomRows
     from model_client import EngramConfig, MemoryServiceError, TableGeometry
     from model_client.cluster_client import ClusterClient
+    from model_client.malloc import trim
     from model_client.row_format import RowFormat
     config = EngramConfig.from_dict(config_json)
     rows = TableGeometry.from_config(config).rows(1)
     expect = RowFormat(config.row_dtype, config.head_dim).encode(RandomRows(0, 1, config.head_dim).rows(0, rows))
     rng = np.random.default_rng(seed)
-    # latencies go into a buffer allocated up front: a growing list would itself look like a leak
-    latencies, count, failed, wrong, errors = np.empty(int(duration_s * 5000) + 1000), 0, 0, 0, []
+    # latencies: a reservoir sample in a buffer written once up front (untouched pages of a large
+    # np.empty would fault in as it fills, and a growing list: either would look like a leak)
+    latencies, count, failed, wrong, errors = np.full(LATENCY_SAMPLES, np.nan), 0, 0, 0, []
     with ClusterClient(cluster_path, timeout_s=10.0, try_timeout_s=2.0) as client:
         client.lookup("layer1", rng.integers(0, rows, batch_rows))
         while time.time() < start_at:
             time.sleep(0.01)
+        trim()
         rss_start = _rss_kib([os.getpid()])
         t_start = time.monotonic()
         t_end = t_start + duration_s
         samples, next_sample = [], t_start
         while time.monotonic() < t_end:
             if time.monotonic() >= next_sample:  # resident memory over time: a leak keeps climbing
+                trim()  # what is in use, not freed memory glibc keeps (model_client/malloc.py)
                 samples.append(_rss_kib([os.getpid()]) / 1024)
                 next_sample += duration_s / 10
             ids = rng.integers(0, rows, batch_rows)
@@ -96,11 +103,13 @@ def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, r
                 if len(errors) < 100:
                     errors.append(str(e)[:300])
                 continue
-            if count < len(latencies):
-                latencies[count] = time.perf_counter() - t0
+            slot = count if count < len(latencies) else int(rng.integers(0, count + 1))
+            if slot < len(latencies):
+                latencies[slot] = time.perf_counter() - t0
             count += 1
             wrong += int(np.count_nonzero(np.any(got != expect[ids], axis=1)))
         stats = client.stats
+    trim()
     results.put({"requests": count + failed, "failed": failed, "wrong_rows": wrong,
                  "latencies": latencies[:min(count, len(latencies))].tolist(), "errors": errors[:5], "failovers": stats.failovers,
                  "worst_failover_s": stats.worst_failover_s, "rss_start_kib": rss_start, "rss_mib_samples": samples,

@@ -46,6 +46,9 @@ class ServiceConfig:
     huge_pages: str = field(default="auto", metadata={
         "help": "map table pages 2 MiB at a time (one TLB entry per 2 MiB of rows): auto = when the "
                 "store's used bytes fit in half of the memory; on; off (memory_service/huge_pages.py)"})
+    trim_s: float = field(default=60.0, metadata={
+        "help": "seconds between giving freed heap memory back to the kernel (malloc_trim; 0: never): "
+                "responses keep up to 256 MiB of freed buffers for reuse in between"})
     grace_s: float = field(default=5.0, metadata={"help": "seconds in-flight calls get to finish on SIGTERM"})
     create: bool = field(default=False, metadata={
         "help": "create an empty store if --db does not exist (tables then come through AdminService)"})
@@ -82,6 +85,7 @@ class ServiceConfig:
         check("max_message_mb", 4 <= self.max_message_mb <= 2047, "must be in [4, 2047] MiB")
         check("refresh_ms", self.refresh_ms >= 1, "must be >= 1")
         check("grace_s", self.grace_s >= 0, "must be >= 0")
+        check("trim_s", self.trim_s >= 0, "must be >= 0 (0: never)")
         check("huge_pages", self.huge_pages in ("auto", "on", "off"), "must be auto, on or off")
         check("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "must be a log level")
         check("db", self.create or (Path(self.db) / "data.mdb").is_file(),
@@ -123,7 +127,7 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1) -> 
     from .servicer import AdminServicer, MemoryServicer
     from .store import TableStore
 
-    from model_client.malloc import keep_large_buffers
+    from model_client.malloc import keep_large_buffers, trim
 
     setup(cfg.log_level)
     keep_large_buffers()  # 16 MiB responses reuse heap memory instead of faulting in fresh pages
@@ -157,7 +161,11 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1) -> 
             srv.start()
     ready.put(os.getpid())
     log(logger, logging.INFO, "worker serving", port=port, db=cfg.db)
+    trimmed = time.monotonic()
     while not stop.wait(0.5):  # SERVING once at least one table is published and readable
+        if cfg.trim_s and time.monotonic() - trimmed >= cfg.trim_s:
+            trim()
+            trimmed = time.monotonic()
         serving = any(store.current_version(t) for t in {m.table for m in store.manifests()})
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", names[0]):

@@ -52,3 +52,4 @@ def test_reader_advises_huge_pages_over_the_map(tmp_path, mode):
     finally:
         reader.close()
         store.close()
+
