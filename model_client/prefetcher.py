@@ -51,8 +51,8 @@ class Prefetcher:
         # caches drop the old version's rows, and the next step reads the new one.
         self.version_check_s, self._checked_at = version_check_s, time.monotonic()
         self.versions = {table: store.version(table) for table in self.tables.values()}
-        # whole tables of the earliest layers in host memory: their misses are read on the calling
-        # thread at forward entry, before the first block runs (host_mirror.py)
+        # whole tables of the earliest layers in host memory (host_mirror.py): the first tier below
+        # the device cache for their misses, and the only one for their decode steps (below)
         self.host_mirror = (HostMirror(host_mirror_bytes, [self.tables[layer] for layer in self.layers], store,
                                        self.versions, pin_memory=torch.cuda.is_available(), progress=progress)
                             if host_mirror_bytes else None)
