@@ -6,7 +6,9 @@ device, probes the device cache (pinning the hits) and hands the misses of every
 order, to a background thread that reads them from the host cache tier and the backing store. The
 backbone meanwhile runs the blocks before the first Engram layer. Inside an Engram layer,
 `Step.rows(layer)` waits for that layer's rows only, records the exposed wait, copies them to the
-device, inserts them into the device cache and assembles the [B, T, columns] rows.
+device, inserts them into the device cache and assembles the [B, T, columns] rows. On CUDA the
+probe runs on the fetch thread too, on a side stream (`Step._prepare`): its device syncs then never
+hold back the main thread, which enqueues the first blocks at once.
 
 Layers whose whole table is in a host mirror (host_mirror.py) read small batches (decode steps)
 straight from it at forward entry instead: every row, no cache, one sync (`Step._read_direct`).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 
@@ -61,6 +63,7 @@ class Prefetcher:
         # device cache: one index_select from the mirror plus one 1 MiB copy cost less than probing,
         # compacting hits and misses (three syncs) and inserting. Larger ones (prefill) use the cache.
         self.direct_rows = DIRECT_ROWS
+        self.side_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.switches: list[tuple[str, int, int]] = []                    # (table, old, new)
 
     def announce(self, batches: list[torch.Tensor]) -> None:
@@ -124,9 +127,8 @@ class Prefetcher:
     def abandon(self) -> None:
         """Forget a forward pass that failed half-way: nothing is in flight any more, so no row
         stays pinned for it."""
-        if self.current is not None:
-            for future in self.current.futures.values():
-                future.cancel()
+        if self.current is not None:  # let running probes finish: they pin rows
+            wait([f for f in self.current.futures.values() if not f.cancel()])
         self.current = None
         for cache in self.device_tier.caches.values():
             cache.pins.zero_()
@@ -147,20 +149,50 @@ class Step:
                   and mirror.holds(prefetcher.tables[layer]) and row_ids[i].numel() <= prefetcher.direct_rows]
         if direct:
             self._read_direct(direct)
-        for i, layer in enumerate(prefetcher.layers):
-            table = prefetcher.tables[layer]
-            if layer in self.direct:
-                continue
-            unique, inverse = torch.unique(row_ids[i].reshape(-1), return_inverse=True)
-            cache = prefetcher.device_tier.caches[table]
-            upcoming = prefetcher.next_use(layer, unique, cache.tick + 1)  # announced later uses
-            hit, slot = cache.lookup(unique, pin=True, next_use=upcoming)  # pinned until read
-            hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # the step's syncs
-            self.parts[layer] = (table, unique, inverse, slot, hit_at, miss_at,
-                                 None if upcoming is None else upcoming[miss_at])
+        todo = [(i, layer) for i, layer in enumerate(prefetcher.layers) if layer not in self.direct]
+        if prefetcher.side_stream is not None:
+            # On CUDA everything after the hash (unique, probe, compaction, the miss ids' copy, the
+            # fetch, the rows' copy up) runs on the fetch thread and a side stream: its syncs wait
+            # there while the model's first blocks are already enqueued. `ready`: the hash and the
+            # previous step's inserts are done.
+            ready = torch.cuda.Event()
+            ready.record()
+            row_ids.record_stream(prefetcher.side_stream)  # read there, freed with the step
+            for i, layer in todo:  # the first layer's rows first
+                self.futures[layer] = prefetcher.pool.submit(self._prepare, i, layer, ready)
+            return
+        for i, layer in todo:
+            self.parts[layer] = self._probe(i, layer)
         for layer, (table, unique, _, _, _, miss_at, _) in self.parts.items():  # the first layer's rows first
             self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer,
                                                          prefetcher.versions[table])  # this step's version
+
+    def _probe(self, i: int, layer: int) -> tuple:
+        """Deduplicate one layer's ids and probe its device cache (pinning the hits)."""
+        table = self.p.tables[layer]
+        unique, inverse = torch.unique(self.row_stack[i].reshape(-1), return_inverse=True)
+        cache = self.p.device_tier.caches[table]
+        upcoming = self.p.next_use(layer, unique, cache.tick + 1)  # announced later uses
+        hit, slot = cache.lookup(unique, pin=True, next_use=upcoming)  # pinned until read
+        hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # syncs
+        return table, unique, inverse, slot, hit_at, miss_at, None if upcoming is None else upcoming[miss_at]
+
+    def _prepare(self, i: int, layer: int, ready) -> tuple:
+        """Fetch thread, CUDA: probe, read the misses below and copy them up on the side stream;
+        (the probe's part, the missing rows on the device, an event marking both done)."""
+        side, main = self.p.side_stream, torch.cuda.current_stream(self.row_stack.device)
+        with torch.cuda.stream(side):
+            side.wait_event(ready)
+            part = self._probe(i, layer)
+            table, unique, miss_at = part[0], part[1], part[5]
+            below = self._read_below(table, unique[miss_at].cpu(), layer, self.p.versions[table])
+            miss_rows = below.to(self.row_stack.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        for t in (*part[1:], miss_rows):  # made on the side stream, used on the main one
+            if t is not None:
+                t.record_stream(main)
+        return part, miss_rows, done
 
     def _read_direct(self, direct: list[int]) -> None:
         """Every row of the given layers (indices into layers) from the host mirror, copied to the
@@ -186,7 +218,7 @@ class Step:
 
     def pending(self, layer: int) -> bool:
         """Whether this step holds rows of `layer` nobody has read yet."""
-        return layer in self.parts or layer in self.direct
+        return layer in self.futures or layer in self.direct
 
     def hash_ids(self, layer: int) -> torch.Tensor:
         """Per-sub-table indices [B, T, columns] of one layer: the Engram module's input."""
@@ -201,8 +233,7 @@ class Step:
             self.p.exposed_wait_s[layer].append(self.direct_wait)
             rows = self.direct.pop(layer)
             return rows.view(*self.row_ids(layer).shape, rows.shape[1])
-        table, unique, inverse, slot, hit_at, miss_at, miss_upcoming = self.parts.pop(layer)
-        cache, miss_rows = self._arrived(layer, table)
+        (table, unique, inverse, slot, hit_at, miss_at, miss_upcoming), cache, miss_rows = self._arrived(layer)
         rows = torch.empty(len(unique), cache.row_bytes, dtype=torch.uint8, device=cache.device)
         rows.index_copy_(0, hit_at, cache.gather(slot[hit_at]))
         rows.index_copy_(0, miss_at, miss_rows)
@@ -217,23 +248,28 @@ class Step:
         if layer in self.direct or not use_triton(self.row_stack):
             return row_format.decode_torch(self.rows(layer), dtype)
         from kernels.gather import gather_rows
-        table, unique, inverse, slot, hit_at, miss_at, miss_upcoming = self.parts.pop(layer)
-        cache, miss_rows = self._arrived(layer, table)
+        (table, unique, inverse, slot, hit_at, miss_at, miss_upcoming), cache, miss_rows = self._arrived(layer)
         loc = slot.index_copy(0, miss_at, -1 - torch.arange(len(miss_at), device=slot.device))
         cache.insert(unique[miss_at], miss_rows, next_use=miss_upcoming)  # hits are pinned: never victims
         out = gather_rows(cache.data, miss_rows, loc, inverse, row_format.row_dtype, row_format.head_dim, dtype)
         cache.release(slot)
         return out.view(*self.row_ids(layer).shape, row_format.head_dim)
 
-    def _arrived(self, layer: int, table: str):
-        """(the device cache, this layer's missing rows on the device), once they have arrived."""
+    def _arrived(self, layer: int) -> tuple:
+        """(the probe's part, the device cache, this layer's missing rows on the device), once the
+        rows have arrived; the exposed wait is the time spent here."""
         t0 = time.perf_counter()
-        below = self.futures.pop(layer).result()
+        got = self.futures.pop(layer).result()
         self.p.exposed_wait_s[layer].append(time.perf_counter() - t0)
-        cache = self.p.device_tier.caches[table]
-        return cache, below.to(cache.device, non_blocking=True)
+        if isinstance(got, tuple):  # prepared on the side stream: the main stream waits for it there
+            part, miss_rows, done = got
+            torch.cuda.current_stream(miss_rows.device).wait_event(done)
+        else:
+            part = self.parts.pop(layer)
+            miss_rows = got.to(self.row_stack.device, non_blocking=True)
+        return part, self.p.device_tier.caches[part[0]], miss_rows
 
     def wait_all(self) -> None:
         """Consume the layers nobody read (e.g. a forward pass that stopped early)."""
-        for layer in [*self.parts, *self.direct]:
+        for layer in [*self.futures, *self.direct]:
             self.rows(layer)
