@@ -110,10 +110,11 @@ def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, r
             wrong += int(np.count_nonzero(np.any(got != expect[ids], axis=1)))
         stats = client.stats
     trim()
+    rss_end = _rss_kib([os.getpid()])  # before the report below, whose latency list is ~6 MiB
     results.put({"requests": count + failed, "failed": failed, "wrong_rows": wrong,
                  "latencies": latencies[:min(count, len(latencies))].tolist(), "errors": errors[:5], "failovers": stats.failovers,
                  "worst_failover_s": stats.worst_failover_s, "rss_start_kib": rss_start, "rss_mib_samples": samples,
-                 "rss_end_kib": _rss_kib([os.getpid()])})
+                 "rss_end_kib": rss_end})
 
 
 def _free_port() -> int:
