@@ -1,6 +1,10 @@
 # Shared by the smoke tests (sourced): a Docker engine, the local base image, and a wheelhouse with
 # the current checkout's engram-memory wheel (rebuilt every run: a stale wheel means stale images).
-# Expects BASE_TAG and log() from the caller; defines rounds_of and wait_rounds.
+# Expects SMOKE_NAME (the log prefix) from the caller; defines started, BASE_TAG, log(), COMPOSE,
+# rounds_of and wait_rounds.
+started=$(date +%s)
+BASE_TAG=${ENGRAM_BASE_IMAGE:-engram-base:bookworm}
+log() { echo "[$SMOKE_NAME $(($(date +%s) - started))s] $*"; }
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || { log "installing docker.io"; apt-get install -y -q docker.io >/dev/null; }
   log "starting dockerd"

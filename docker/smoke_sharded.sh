@@ -9,12 +9,8 @@
 # Needs root (dockerd). Prints how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-started=$(date +%s)
-BASE_TAG=${ENGRAM_BASE_IMAGE:-engram-base:bookworm}
-PROJECT=engram-sharded
-log() { echo "[sharded $(($(date +%s) - started))s] $*"; }
-
-source docker/smoke_setup.sh  # engine, base image, wheelhouse
+PROJECT=engram-sharded SMOKE_NAME=sharded
+source docker/smoke_setup.sh  # started, BASE_TAG, log(); engine, base image, wheelhouse
 
 export ENGRAM_BASE_IMAGE=$BASE_TAG ENGRAM_ROUNDS=0
 compose=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.sharded.yml)

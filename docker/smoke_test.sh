@@ -11,12 +11,8 @@
 # Needs root (debootstrap, dockerd). Prints how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-started=$(date +%s)
-BASE_TAG=${ENGRAM_BASE_IMAGE:-engram-base:bookworm}
-PROJECT=engram-smoke
-log() { echo "[smoke $(($(date +%s) - started))s] $*"; }
-
-source docker/smoke_setup.sh  # engine, base image, wheelhouse
+PROJECT=engram-smoke SMOKE_NAME=smoke
+source docker/smoke_setup.sh  # started, BASE_TAG, log(); engine, base image, wheelhouse
 
 export ENGRAM_BASE_IMAGE=$BASE_TAG ENGRAM_TARGET=127.0.0.1:${ENGRAM_PORT:-50051} ENGRAM_ROUNDS=0
 compose=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker-compose.host.yml)

@@ -24,7 +24,7 @@ from prometheus_client import Counter
 from memory_service.cluster import ClusterConfig
 from memory_service.manifest import TableManifest, shard_bounds
 
-from .memory_client import MemoryClient, MemoryServiceError, checked_row_ids
+from .memory_client import MemoryClient, MemoryServiceError, checked_row_ids, checked_tables
 
 FAILOVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
             grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -65,13 +65,7 @@ class ClusterClient:
 
     def check(self, config, tokenizer_sha256: str | None = None, compressed_vocab_size: int | None = None) -> dict:
         """Each Engram layer's table, checked against the model's config (MemoryClient.check)."""
-        from memory_service.manifest import table_name
-        out = {}
-        for layer in config.layer_ids:
-            manifest = self.describe(table_name(layer), refresh=True)
-            manifest.check_compatible(config, tokenizer_sha256, compressed_vocab_size)
-            out[layer] = manifest
-        return out
+        return checked_tables(self, config, tokenizer_sha256, compressed_vocab_size)
 
     def describe(self, table: str, version: int = 0, refresh: bool = False) -> TableManifest:
         """The table's manifest as shard 0 holds it (num_rows is the whole table's)."""

@@ -17,13 +17,17 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 _done = False
 
 
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def keep_large_buffers(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20) -> bool:
     """Apply once per process; False where the C library has no mallopt (not glibc)."""
     global _done
     if _done:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         ok = libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 and \
             libc.mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
     except (OSError, AttributeError):
@@ -36,8 +40,7 @@ def trim() -> bool:
     """Return the heap's free memory to the kernel (glibc malloc_trim(0), every arena); False where
     there is no malloc_trim."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         return False
     return True

@@ -73,6 +73,18 @@ def checked_row_ids(row_ids, manifest: TableManifest) -> np.ndarray:
     return ids
 
 
+def checked_tables(client, config: EngramConfig, tokenizer_sha256: str | None,
+                   compressed_vocab_size: int | None) -> dict[int, TableManifest]:
+    """{layer: the published manifest} from client.describe, each checked against the config
+    (MemoryClient and ClusterClient share it)."""
+    out = {}
+    for layer in config.layer_ids:
+        manifest = client.describe(table_name(layer), refresh=True)
+        manifest.check_compatible(config, tokenizer_sha256, compressed_vocab_size)
+        out[layer] = manifest
+    return out
+
+
 def deduplicate(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique ids, inverse) with unique[inverse] == ids; 1.5x faster than np.unique here."""
     order = np.argsort(ids)
@@ -155,12 +167,7 @@ class MemoryClient:
               compressed_vocab_size: int | None = None) -> dict[int, TableManifest]:
         """Each Engram layer's published table, after checking it was built for this config;
         a mismatch raises ValueError naming the field."""
-        out = {}
-        for layer in config.layer_ids:
-            manifest = self.describe(table_name(layer), refresh=True)
-            manifest.check_compatible(config, tokenizer_sha256, compressed_vocab_size)
-            out[layer] = manifest
-        return out
+        return checked_tables(self, config, tokenizer_sha256, compressed_vocab_size)
 
     def stats(self) -> list:
         return [self._call("Stats", pb2.StatsRequest(), i) for i in range(len(self._stubs))]
