@@ -6,6 +6,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
+from . import row_check
 from .manifest import LOADING
 from .store import TableStore, chunk_key
 
@@ -15,17 +16,24 @@ class InfoConfig:
     db: str = field(default="", metadata={"required": True, "help": "LMDB table store directory"})
     json: bool = field(default=False, metadata={"help": "print the manifests as JSON lines"})
     verify: bool = field(default=False, metadata={
-        "help": "re-read every chunk of every complete version and compare its crc32 (reads all rows)"})
+        "help": "re-read every chunk of every complete version and compare its crc32 and every row's "
+                "checksum (reads all rows)"})
 
 
 def verify(store: TableStore, manifest) -> list[int]:
-    """Chunks whose bytes no longer match the crc32 written with them."""
+    """Chunks whose bytes no longer match the crc32 written with them, or holding a row whose bytes
+    no longer match its checksum."""
     bad = []
+    salt = row_check.salt(manifest.table, manifest.version)
     with store.env.begin(buffers=True) as txn:
         for index in range(manifest.num_chunks):
             key = chunk_key(manifest.table, manifest.version, index)
             data, crc = txn.get(key, db=store.rows), txn.get(key, db=store.crc)
-            if data is None or crc is None or zlib.crc32(data) != struct.unpack(">I", crc)[0]:
+            rows = min(manifest.chunk_rows, manifest.stored_rows - index * manifest.chunk_rows)
+            if data is None or crc is None or zlib.crc32(data) != struct.unpack(">I", crc)[0] or (
+                    manifest.row_check == row_check.FORMAT and (
+                        len(data) != row_check.value_bytes(rows, manifest.row_bytes) or
+                        len(row_check.bad_rows(data, index * manifest.chunk_rows, rows, manifest.row_bytes, salt)))):
                 bad.append(index)
     return bad
 

@@ -53,6 +53,7 @@ class TableManifest:
     extra: dict = field(default_factory=dict)
     shard: int = 0               # this store holds rows [row_start, row_stop) of the table:
     shards: int = 1              # shard `shard` of `shards` equal row ranges (cluster.py)
+    row_check: str = ""          # how each stored row is checked on read (row_check.FORMAT); "": not at all
 
     @classmethod
     def for_layer(cls, config: EngramConfig, layer_id: int, tokenizer_sha256: str,

@@ -30,3 +30,7 @@ def serve_metrics(port: int, host: str) -> None:
 
 def worker_exited(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
+CORRUPT_ROWS = Counter("engram_corrupt_rows_total", "Rows whose bytes failed their checksum on the read path "
+                       "(answered DATA_LOSS, never served), by table", ["table"])
+STREAMS_EVICTED = Counter("engram_streams_evicted_total", "Lookup streams cancelled to make room or for idling, "
+                          "and refused for lack of room, by reason", ["reason"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -21,29 +22,40 @@ from contextlib import contextmanager
 import numpy as np
 
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
-from . import chunk_map, huge_pages
+from . import chunk_map, huge_pages, row_check
 from .store import DROPPING, StoreError, TableStore, chunk_key, manifest_key
 
 logger = logging.getLogger("engram_memory")
 
 
 class TableView:
-    def __init__(self, manifest: TableManifest, txn, store: TableStore, base: int, limit: int):
+    def __init__(self, manifest: TableManifest, txn, store: TableStore, base: int, limit: int, verify: bool = True):
         self.manifest = manifest
-        addresses, lengths = [], []
+        if manifest.row_check != row_check.FORMAT:
+            raise StoreError("FAILED_PRECONDITION", f"table {manifest.table} v{manifest.version} was stored "
+                             "without per-row checksums (by engram-memory before 0.2), so its rows cannot be "
+                             "checked and are not served: load it again (`engram-memory load`)")
+        self.verify, self.salt = verify, row_check.salt(manifest.table, manifest.version)
+        addresses, lengths, counts = [], [], []
         self.chunks_read = 0  # chunks located by a get, which reads the whole chunk (chunk_map.py)
+        rb = manifest.row_bytes
         for index in range(manifest.num_chunks):  # once per snapshot, not per lookup
             key = chunk_key(manifest.table, manifest.version, index)
-            nbytes = min(manifest.chunk_rows, manifest.stored_rows - index * manifest.chunk_rows) * manifest.row_bytes
+            rows = min(manifest.chunk_rows, manifest.stored_rows - index * manifest.chunk_rows)
+            nbytes = row_check.value_bytes(rows, rb)
             address = chunk_map.locate(txn, store.pages, base, limit, key, nbytes)
             if address is None:
                 buf = txn.get(key, db=store.rows)
                 if buf is None:
                     raise StoreError("DATA_LOSS", f"{manifest.table} v{manifest.version}: chunk {index} is missing")
-                address, nbytes = chunk_map.address_of(buf), len(buf)
+                if len(buf) != nbytes:
+                    raise StoreError("DATA_LOSS", f"{manifest.table} v{manifest.version}: chunk {index} has "
+                                     f"{len(buf)} B, not the {nbytes} B of {rows} rows and their checksums")
+                address = chunk_map.address_of(buf)
                 self.chunks_read += 1
             addresses.append(address)
             lengths.append(nbytes)
+            counts.append(rows)
         if self.chunks_read:
             logger.warning("table %s v%d: %d of %d chunks located by reading them (the store has no chunk "
                            "map for them: written before it existed, or copied); reload the table to open "
@@ -55,7 +67,10 @@ class TableView:
         memory = (ctypes.c_char * span).from_address(base)  # the map pages this table lives in
         self.chunk_offsets = addresses - base
         self.shift = manifest.chunk_rows.bit_length() - 1  # chunk_rows is a power of two
-        rb = manifest.row_bytes
+        # the stored sums as one uint32 array over the span: chunk c's start at sum_index[c]
+        # (chunk offsets are multiples of the page size, sums_offset of 8)
+        self.sums = np.ndarray(shape=(span // 4,), dtype="<u4", buffer=memory)
+        self.sum_index = (self.chunk_offsets + np.array([row_check.sums_offset(n, rb) for n in counts])) // 4
         # Two views of the span. `rows`: element i is the row_bytes bytes starting at byte i (dtype void,
         # stride 1), for a fancy index that returns a new array. `units`: the span as contiguous units
         # of g bytes, g the largest size dividing the row and every chunk's offset (chunks start 16 B
@@ -64,8 +79,8 @@ class TableView:
         self.rows = np.ndarray(shape=(span - rb + 1,), dtype=np.dtype((np.void, rb)), buffer=memory, strides=(1,))
         self.rows.flags.writeable = False
         # each chunk is contiguous: one [rows, row_bytes] array per chunk for sorted batches (below)
-        self.chunk_views = [np.ndarray((n // rb, rb), dtype=np.uint8, buffer=memory, offset=int(o))
-                            for o, n in zip(self.chunk_offsets, lengths)]
+        self.chunk_views = [np.ndarray((n, rb), dtype=np.uint8, buffer=memory, offset=int(o))
+                            for o, n in zip(self.chunk_offsets, counts)]
         self.unit = math.gcd(rb, *map(int, self.chunk_offsets))
         self.per_row = rb // self.unit
         self.units = None
@@ -111,34 +126,55 @@ class TableView:
         return True
 
     def gather_into(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Rows of int64 ids [N] into the caller's uint8 [N, row_bytes]; out-of-range ids raise."""
-        row_ids = self.check(row_ids)
-        if self.per_row > 1 and self._by_chunk(row_ids, out):
-            return out
-        offsets = self._offsets(row_ids)
-        if self.units is None:
-            out[...] = self.rows[offsets].view(np.uint8).reshape(out.shape)
-            return out
-        first = offsets // self.unit
-        index = first if self.per_row == 1 else (first[:, None] + self.unit_steps).reshape(-1)
-        # ids are checked above, so mode="clip" never clips; it spares np.take an extra buffer
-        np.take(self.units, index, axis=0, out=out.reshape(-1).view(self.units.dtype), mode="clip")
-        return out
+        """Rows of int64 ids [N] into the caller's uint8 [N, row_bytes]; out-of-range ids raise, and
+        rows that fail their checksum raise DATA_LOSS (`out` then holds no row to use)."""
+        local = self.check(row_ids)
+        if not (self.per_row > 1 and self._by_chunk(local, out)):
+            offsets = self._offsets(local)
+            if self.units is None:
+                out[...] = self.rows[offsets].view(np.uint8).reshape(out.shape)
+            else:
+                first = offsets // self.unit
+                index = first if self.per_row == 1 else (first[:, None] + self.unit_steps).reshape(-1)
+                # ids are checked above, so mode="clip" never clips; it spares np.take an extra buffer
+                np.take(self.units, index, axis=0, out=out.reshape(-1).view(self.units.dtype), mode="clip")
+        return self._verified(local, out)
 
     def gather(self, row_ids: np.ndarray) -> np.ndarray:
         """int64 [N] -> a new uint8 [N, row_bytes], in order."""
         if self.per_row == 1:
             return self.gather_into(row_ids, np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8))
-        row_ids = self.check(row_ids)  # whole rows in one fancy index beat k units per row (no copy after)
-        out = np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8)
-        if self._by_chunk(row_ids, out):
+        local = self.check(row_ids)  # whole rows in one fancy index beat k units per row (no copy after)
+        out = np.empty((len(local), self.manifest.row_bytes), dtype=np.uint8)
+        if not self._by_chunk(local, out):
+            out = self.rows[self._offsets(local)].view(np.uint8).reshape(len(local), self.manifest.row_bytes)
+        return self._verified(local, out)
+
+    def _verified(self, local: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """`out` if every row's bytes match the sum stored with it (row_check.py); DATA_LOSS otherwise."""
+        if not self.verify or not len(local):
             return out
-        return self.rows[self._offsets(row_ids)].view(np.uint8).reshape(len(row_ids), self.manifest.row_bytes)
+        chunk = local >> self.shift
+        stored = np.take(self.sums, self.sum_index[chunk] + (local & ((1 << self.shift) - 1)), mode="clip")
+        bad = np.flatnonzero(stored != row_check.row_sums(out, local, self.salt))
+        if not len(bad):
+            return out
+        m = self.manifest
+        row = int(local[bad[0]])
+        first = (row >> self.shift) << self.shift
+        chunks = np.unique(chunk[bad])
+        error = StoreError("DATA_LOSS", f"table {m.table} v{m.version}: {len(bad)} of {len(local)} rows fail "
+                           f"their checksum, in {len(chunks)} chunk(s); first: row {row + m.row_start} in "
+                           f"chunk {row >> self.shift} (rows [{first + m.row_start}, "
+                           f"{min(first + m.chunk_rows, m.stored_rows) + m.row_start})). The store's bytes "
+                           "are damaged: these rows are not served (read another replica, or reload the table)")
+        error.corrupt_rows = len(bad)
+        raise error
 
 
 class Snapshot:
-    def __init__(self, store: TableStore, huge: bool = False):
-        self.store = store
+    def __init__(self, store: TableStore, huge: bool = False, verify: bool = True):
+        self.store, self.verify = store, verify
         self.huge = huge  # advise huge pages over the map's used bytes (huge_pages.py)
         self.txn = store.env.begin(buffers=True)
         self.txnid = self.txn.id()
@@ -167,7 +203,7 @@ class Snapshot:
                         if self.huge:
                             huge_pages.advise(self._base, self.limit)
                     self.views[(table, manifest.version)] = view = TableView(
-                        manifest, self.txn, self.store, self._base, self.limit)
+                        manifest, self.txn, self.store, self._base, self.limit, self.verify)
                     if version == 0:
                         self.views[key] = view
         return self.views[key]
@@ -178,11 +214,16 @@ class Snapshot:
 
 
 class StoreReader:
-    def __init__(self, store: TableStore, refresh_s: float = 0.05, huge_pages: str = "auto"):
-        """huge_pages: auto (when the store fits in half the memory), on or off; huge_pages.py."""
+    def __init__(self, store: TableStore, refresh_s: float = 0.05, huge_pages: str = "auto",
+                 verify_rows: bool = True):
+        """huge_pages: auto (when the store fits in half the memory), on or off; huge_pages.py.
+        verify_rows: check every row read against its stored sum (row_check.py)."""
         self.store = store
         self.refresh_s = refresh_s
-        self.huge_pages = huge_pages
+        self.huge_pages, self.verify_rows = huge_pages, verify_rows
+        # the file itself, to see it shrink: a read beyond its end through the map would kill the
+        # process (SIGBUS), so every snapshot handed out first checks the file still holds its pages
+        self._file = os.open(store.path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
         self._lock = threading.Lock()
         self._snapshot = self._new_snapshot()
         self._checked = time.monotonic()
@@ -196,6 +237,11 @@ class StoreReader:
                 self._checked = 0.0
             self._maybe_refresh()
             snap = self._snapshot
+            size = os.fstat(self._file).st_size
+            if size < snap.limit:
+                raise StoreError("DATA_LOSS", f"{self.store.path / 'data.mdb'} shrank to {size} B while "
+                                 f"serving; its LMDB pages need {snap.limit} B: nothing more is read from it. "
+                                 "Restore the file and restart the server")
             snap.users += 1
         try:
             yield snap
@@ -221,7 +267,7 @@ class StoreReader:
             old.close()
 
     def _new_snapshot(self) -> Snapshot:
-        snap = Snapshot(self.store)
+        snap = Snapshot(self.store, verify=self.verify_rows)
         snap.huge = huge_pages.wanted(self.huge_pages, snap.limit)
         return snap
 
@@ -235,3 +281,6 @@ class StoreReader:
             self._snapshot.retired = True
             if self._snapshot.users == 0:
                 self._snapshot.close()
+            if self._file >= 0:
+                os.close(self._file)
+                self._file = -1

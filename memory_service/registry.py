@@ -16,7 +16,8 @@ from protos import pb2
 _MEMORY = {"Lookup": ("unary", pb2.LookupRequest, True), "StreamLookup": ("stream", pb2.LookupRequest, True),
            "ListTables": ("unary", pb2.ListTablesRequest, False),
            "DescribeTable": ("unary", pb2.DescribeTableRequest, False),
-           "Stats": ("unary", pb2.StatsRequest, False)}
+           "Stats": ("unary", pb2.StatsRequest, False),
+           "RegisterSegment": ("unary", pb2.RegisterSegmentRequest, False)}
 _ADMIN = {"CreateVersion": ("unary", pb2.CreateVersionRequest, False),
           "WriteRows": ("client_stream", pb2.WriteRowsRequest, False),
           "Publish": ("unary", pb2.PublishRequest, False),

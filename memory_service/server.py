@@ -30,12 +30,18 @@ logger = logging.getLogger("engram_memory")
 class ServiceConfig:
     db: str = field(default="data/tables", metadata={"help": "LMDB table store directory (from `engram-memory load`)"})
     host: str = field(default="127.0.0.1", metadata={
-        "help": "address to listen on; 0.0.0.0 to accept workers from other hosts"})
+        "help": "address to listen on; 0.0.0.0 to accept workers from other hosts (needs --token-file, "
+                "--tls-client-ca or --insecure)"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0: pick a free one and log it)"})
     workers: int = field(default=0, metadata={
         "help": "server processes sharing the port (0: one per CPU core, at most 8)"})
     threads: int = field(default=64, metadata={
         "help": "request threads per server process; each open lookup stream holds one"})
+    # 0: threads - threads // 4 (48 of 64), so a quarter of the threads always answer unary calls,
+    # health checks and segment registrations however many streams clients open
+    max_streams: int = field(default=0, metadata={
+        "help": "open lookup streams per server process (0: three quarters of --threads); beyond it a new "
+                "stream replaces one idle for 1 s or more, or is refused (stream_governor.py)"})
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus /metrics port (0: off)"})
     max_request_rows: int = field(default=1 << 20, metadata={
         "help": "row ids per Lookup request; more is RESOURCE_EXHAUSTED (clients chunk below it)"})
@@ -60,18 +66,30 @@ class ServiceConfig:
     token_file: str = field(default="", metadata={
         "help": "file holding the token every MemoryService call must send as `authorization: Bearer ...`"})
     admin_token_file: str = field(default="", metadata={
-        "help": "file holding the token AdminService calls must send (the read token is refused there)"})
+        "help": "file holding the token every AdminService call must send (the read token is refused "
+                "there); without it AdminService is served only on --admin-socket"})
+    admin_socket: str = field(default="", metadata={
+        "help": "unix socket serving AdminService to local users of this account (mode 0600; '': "
+                "DB/admin.sock; 'off': none). Needs the admin token too when one is set"})
     admin_port: int = field(default=-1, metadata={
-        "help": "serve AdminService on its own port of --admin-host (-1: on the main port; 0: a free one)"})
+        "help": "with --admin-token-file: serve AdminService on its own TCP port of --admin-host instead of "
+                "the main port (-1: the main port; 0: a free one)"})
     admin_host: str = field(default="127.0.0.1", metadata={"help": "address of the admin port"})
     cluster: str = field(default="", metadata={
         "help": "cluster config (JSON shard map, see memory_service/cluster.py); with --shard, the "
                 "server refuses a store holding another shard"})
     shard: int = field(default=-1, metadata={"help": "this server's shard in --cluster"})
     shared_memory: bool = field(default=True, metadata={
-        "help": "let clients on this host receive rows through their own /dev/shm segment instead of "
-                "the gRPC transport (any local process that can reach the port can then have rows "
-                "written into an 'engram-*' segment it names)"})
+        "help": "let clients on this host hand over a sealed memory segment of their own (a memfd) to "
+                "receive rows in instead of the gRPC transport; a segment serves only the connection "
+                "that registered it (memory_service/segments.py)"})
+    # measured: BENCHMARKS.md (checksum cost); off only to measure that cost
+    verify_rows: bool = field(default=True, metadata={
+        "help": "check every row read against the checksum stored with it; a row that fails is answered "
+                "DATA_LOSS, never served (row_check.py)"})
+    insecure: bool = field(default=False, metadata={
+        "help": "allow a non-loopback --host without --token-file or --tls-client-ca: anyone who reaches "
+                "the port can then read every table"})
 
     def __post_init__(self):
         def check(name, ok, why):
@@ -94,10 +112,57 @@ class ServiceConfig:
         check("tls_key", bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together")
         check("tls_client_ca", not self.tls_client_ca or self.tls_cert, "mutual TLS needs --tls-cert too")
         check("admin_port", -1 <= self.admin_port < 65536, "must be -1 (main port), 0 (free) or a TCP port")
+        check("admin_port", self.admin_port < 0 or self.admin_token_file,
+              "--admin-port needs --admin-token-file: without an admin token AdminService is served only "
+              "on the local --admin-socket")
+        check("max_streams", 0 <= self.max_streams < self.threads, "must be in [0, --threads)")
+        check("admin_socket", len(self.admin_socket_path) < 108,
+              "unix socket paths are limited to 107 bytes: pass a shorter --admin-socket")
+        check("host", is_loopback(self.host) or self.token_file or self.tls_client_ca or self.insecure,
+              f"--host {self.host} is not a loopback address: anyone who reaches the port could read every "
+              "table. Give --token-file (or --tls-client-ca), or --insecure to serve it open anyway")
 
     @property
     def num_workers(self) -> int:
         return self.workers or min(8, os.cpu_count() or 1)
+
+    @property
+    def stream_limit(self) -> int:
+        return self.max_streams or self.threads - self.threads // 4
+
+    @property
+    def admin_socket_path(self) -> str:
+        if self.admin_socket == "off":
+            return ""
+        return os.path.abspath(self.admin_socket or os.path.join(self.db, "admin.sock"))
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind_admin_socket(server, path: str) -> None:
+    """AdminService on a unix socket only this account can connect to (created with umask 0177).
+    A stale socket of an earlier run is replaced; anything else at the path is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not __import__("stat").S_ISSOCK(st.st_mode):
+        raise RuntimeError(f"--admin-socket {path} exists and is not a socket: remove it or pick another path")
+    old = os.umask(0o177)
+    try:
+        if not server.add_insecure_port(f"unix:{path}"):
+            raise RuntimeError(f"cannot listen on --admin-socket {path}")
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600, follow_symlinks=False)
 
 
 @contextmanager
@@ -113,7 +178,7 @@ def _reserve_port(host: str, port: int):
         sock.close()
 
 
-def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1) -> None:
+def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, index: int = 0) -> None:
     """One server process: its own LMDB environment, servicers, health and reflection."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -135,21 +200,44 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1) -> 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     store = TableStore(cfg.db)
-    reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000, huge_pages=cfg.huge_pages)
+    reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000, huge_pages=cfg.huge_pages,
+                         verify_rows=cfg.verify_rows)
     limit = cfg.max_message_mb << 20
-    # beyond `threads` calls at once a call is refused with RESOURCE_EXHAUSTED instead of queueing
+    # Calls beyond `threads` wait for a thread, up to 4x threads in flight; beyond that RESOURCE_EXHAUSTED
+    # (clients retry). Streams take at most cfg.stream_limit of the threads (stream_governor.py).
+    # Keepalive: the server pings idle connections each minute and drops dead ones; clients may ping
+    # every 10 s at most (more is a ping flood: the connection is closed).
     options = [("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
-               ("grpc.max_send_message_length", limit)]
-    tokens = TokenInterceptor(read_secret(cfg.token_file, "--token-file"),
-                              read_secret(cfg.admin_token_file, "--admin-token-file"))
-    make = lambda: grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads),  # noqa: E731
-                               maximum_concurrent_rpcs=cfg.threads, options=options, interceptors=[tokens])
-    server = make()
-    memory = MemoryServicer(store, reader, cfg.max_request_rows, limit, cfg.shared_memory)
-    admin_server = make() if cfg.admin_port >= 0 else None
-    add_to_server(memory, None if admin_server else AdminServicer(store, memory), server)
-    if admin_server:  # AdminService only on its own address
-        add_to_server(None, AdminServicer(store, memory), admin_server)
+               ("grpc.max_send_message_length", limit), ("grpc.max_concurrent_streams", 64),
+               ("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+               ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000), ("grpc.http2.max_ping_strikes", 2),
+               ("grpc.max_connection_idle_ms", 600_000)]
+    read_token = read_secret(cfg.token_file, "--token-file")
+    admin_token = read_secret(cfg.admin_token_file, "--admin-token-file")
+    socket_path = cfg.admin_socket_path if index == 0 else ""  # one process answers the admin socket
+
+    def make(admin_here: bool, admin_open: bool = False):
+        tokens = TokenInterceptor(read_token, admin_token, admin_here, admin_open, admin_where=where)
+        return grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads),
+                           maximum_concurrent_rpcs=4 * cfg.threads, options=options, interceptors=[tokens])
+    memory = MemoryServicer(store, reader, cfg.max_request_rows, limit, cfg.shared_memory, cfg.stream_limit)
+    admin = AdminServicer(store, memory)
+    # Admin calls: with an admin token, on the main port (or --admin-port) and the local socket, each
+    # call sending the token; without one, only on the local socket. The main port always knows the
+    # methods, so a refused caller learns where admin calls go instead of UNIMPLEMENTED.
+    on_main = bool(admin_token) and cfg.admin_port < 0
+    where = f"{cfg.admin_host}:{admin_port}" if cfg.admin_port >= 0 else f"unix:{cfg.admin_socket_path}"
+    server = make(admin_here=on_main)
+    add_to_server(memory, admin, server)
+    admin_server = make(admin_here=True) if cfg.admin_port >= 0 else None
+    if admin_server:
+        add_to_server(None, admin, admin_server)
+    local_server = None
+    if socket_path:
+        local_server = make(admin_here=True, admin_open=True)
+        add_to_server(memory, admin, local_server)  # reads too (a loader checks what is published)
+        _bind_admin_socket(local_server, socket_path)
+        local_server.start()
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("MemoryService", "AdminService")]
@@ -171,9 +259,11 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1) -> 
         for name in ("", names[0]):
             health_servicer.set(name, status)
     health_servicer.enter_graceful_shutdown()
-    if admin_server:
-        admin_server.stop(cfg.grace_s)
+    for other in (admin_server, local_server):
+        if other is not None:
+            other.stop(cfg.grace_s)
     server.stop(cfg.grace_s).wait()
+    memory.close()
     reader.close()
     store.close()
     log(logger, logging.INFO, "worker stopped")
@@ -201,6 +291,9 @@ def serve(cfg: ServiceConfig) -> int:
     if cfg.create:
         from .store import TableStore
         TableStore(cfg.db).close()
+    from .store_check import check_store
+    for warning in check_store(cfg.db):  # a damaged store raises here, before any worker starts
+        log(logger, logging.WARNING, "version not served", reason=warning)
     if cfg.cluster:  # a store holding another shard would serve rows nobody asked it for
         from .cluster import ClusterConfig
         from .store import TableStore
@@ -218,8 +311,8 @@ def serve(cfg: ServiceConfig) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     with _reserve_port(cfg.host, cfg.port) as port, ExitStack() as held:
         admin_port = held.enter_context(_reserve_port(cfg.admin_host, cfg.admin_port)) if cfg.admin_port >= 0 else -1
-        procs = [ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port), daemon=True)
-                 for _ in range(cfg.num_workers)]
+        procs = [ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port, i), daemon=True)
+                 for i in range(cfg.num_workers)]
         for p in procs:
             p.start()
         _wait_ready(procs, ready)
@@ -227,13 +320,15 @@ def serve(cfg: ServiceConfig) -> int:
             metrics.serve_metrics(cfg.metrics_port, cfg.host)
         log(logger, logging.INFO, "serving", host=cfg.host, port=port, workers=len(procs),
             metrics_port=cfg.metrics_port, db=str(Path(cfg.db).resolve()), admin_port=admin_port,
+            admin_socket=cfg.admin_socket_path, admin_token=bool(cfg.admin_token_file),
             tls=bool(cfg.tls_cert), mutual_tls=bool(cfg.tls_client_ca), tokens=bool(cfg.token_file or cfg.admin_token_file))
         while not stopping.wait(0.5):
             for i, p in enumerate(procs):
                 if not p.is_alive() and not stopping.is_set():
                     log(logger, logging.ERROR, "worker died; restarting", pid=p.pid, exitcode=p.exitcode)
                     metrics.worker_exited(p.pid)
-                    procs[i] = ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port), daemon=True)
+                    procs[i] = ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port, i),
+                                           daemon=True)
                     procs[i].start()
         log(logger, logging.INFO, "shutting down", grace_s=cfg.grace_s)
         for p in procs:

@@ -1,7 +1,9 @@
 """The gRPC servicers: MemoryService (reads) and AdminService (versions, rows, publish, drop).
 
 Every refusal carries the status that fits and a message naming the field, the table and the valid
-range; nothing a client sends can stop the process from serving the next request.
+range; nothing a client sends can stop the process from serving the next request, and one request's
+failure never fails another's: on a StreamLookup a failed request gets an error answer in its place
+and the stream goes on.
 """
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ from . import metrics, wire
 from .logs import log
 from .manifest import TableManifest
 from .reader import StoreReader
-from .shared_segments import SharedSegments
-from .store import StoreError, TableStore
+from .segments import SegmentTable
+from .store import StoreError, TableStore, checked_table_name
+from .stream_governor import StreamGovernor
 
 logger = logging.getLogger("engram_memory")
+# the client does not retry a request refused for its size (it would be refused again)
+NOT_RETRYABLE = "split the batch"
 
 
 def _abort(context, code: str, message: str):
@@ -30,11 +35,13 @@ def _abort(context, code: str, message: str):
 
 
 class _Rpc:
-    """Times one request and records its metrics; turns StoreError into the matching status."""
+    """Times one request and records its metrics; an error becomes (code, message) in `failure`.
+    With abort=True (unary calls) a failure aborts the call with that status on exit."""
 
-    def __init__(self, rpc: str, context, known_tables):
-        self.rpc, self.context, self.known = rpc, context, known_tables
+    def __init__(self, rpc: str, context, known_tables, abort: bool = True):
+        self.rpc, self.context, self.known, self.abort = rpc, context, known_tables, abort
         self.table = "-"
+        self.failure: tuple[str, str] | None = None
 
     def __enter__(self):
         self.t0 = time.perf_counter()
@@ -48,27 +55,33 @@ class _Rpc:
             code = "OK"
         elif isinstance(error, StoreError):
             code = error.code
-        elif self.context.code() is not None:  # grpc's own abort() unwinding
-            code = self.context.code().name
-        else:
+            self.failure = (code, str(error))
+            if code == "DATA_LOSS":
+                metrics.CORRUPT_ROWS.labels(self.table).inc(getattr(error, "corrupt_rows", 0))
+                log(logger, logging.ERROR, "corrupt rows refused", rpc=self.rpc, table=self.table, error=str(error))
+        elif isinstance(error, Exception) and self.context.code() is None:
             code = "INTERNAL"
+            self.failure = (code, f"internal error: {error!r}")
             log(logger, logging.ERROR, "internal error", rpc=self.rpc, table=self.table, error=repr(error))
+        else:  # grpc's own abort() unwinding, or the call ending under us
+            code = self.context.code().name if self.context.code() is not None else "CANCELLED"
         metrics.REQUESTS.labels(self.rpc, self.table, code).inc()
         metrics.LATENCY.labels(self.rpc, self.table).observe(time.perf_counter() - self.t0)
         if code != "OK":
             metrics.ERRORS.labels(self.rpc, code).inc()
-        if isinstance(error, StoreError):
-            _abort(self.context, error.code, str(error))
-        if code == "INTERNAL":
-            _abort(self.context, "INTERNAL", f"internal error: {error!r}")
+        if self.failure is not None:
+            if self.abort:
+                _abort(self.context, *self.failure)
+            return True  # swallowed: the caller answers with self.failure
         return False
 
 
 class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def __init__(self, store: TableStore, reader: StoreReader, max_request_rows: int, max_message_bytes: int,
-                 shared_memory: bool = True):
+                 shared_memory: bool = True, max_streams: int = 48):
         self.store, self.reader = store, reader
-        self.segments = SharedSegments(enabled=shared_memory)
+        self.segments = SegmentTable(enabled=shared_memory)
+        self.streams = StreamGovernor(max_streams, on_event=lambda r: metrics.STREAMS_EVICTED.labels(r).inc())
         self.max_request_rows, self.max_message_bytes = max_request_rows, max_message_bytes
         self.started = time.time()
         self.counts = {"requests": 0, "rows": 0, "bytes": 0, "errors": 0}
@@ -83,63 +96,89 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
         return self._tables
 
     # ---- lookups ------------------------------------------------------------------------------------
-    def _lookup(self, request, context, rpc: str) -> bytes:
-        """A serialized LookupResponse (see wire.py; registry.py sends it as it is)."""
+    def _rows(self, request, peer: str, call: _Rpc) -> bytes:
+        """A serialized LookupResponse (see wire.py; registry.py sends it as it is); StoreError if refused."""
+        checked_table_name(request.table)
+        call.label(request.table)
+        size = len(request.row_ids)
+        if size % 8:
+            raise StoreError("INVALID_ARGUMENT", f"row_ids of table {request.table} has {size} bytes, "
+                             "not a multiple of 8 (row ids are little-endian int64)")
+        n = size // 8
+        if n > self.max_request_rows:
+            raise StoreError("RESOURCE_EXHAUSTED", f"request for table {request.table} has {n} row ids; the "
+                             f"limit is {self.max_request_rows} per request: {NOT_RETRYABLE}")
+        ids = np.frombuffer(request.row_ids, dtype="<i8")
+        with ExitStack() as held:  # snapshots stay open until the rows are copied out
+            snap = held.enter_context(self.reader.snapshot())
+            try:
+                view = snap.view(request.table, request.version)
+            except StoreError as e:
+                # a version another server process already serves may be newer than this
+                # process's snapshot: look again before refusing
+                if e.code != "NOT_FOUND" or not request.version:
+                    raise
+                view = held.enter_context(self.reader.snapshot(fresh=True)).view(request.table, request.version)
+            m = view.manifest
+            if n * m.row_bytes > self.max_message_bytes:
+                raise StoreError("RESOURCE_EXHAUSTED", f"{n} rows of table {m.table} are {n * m.row_bytes} B; "
+                                 f"responses are limited to {self.max_message_bytes} B = "
+                                 f"{self.max_message_bytes // m.row_bytes} rows of this table: {NOT_RETRYABLE}")
+            if request.segment:  # same host: the rows go straight into the client's own segment
+                view.gather_into(ids, self.segments.rows(request.segment, peer, request.segment_offset, n,
+                                                         m.row_bytes))
+                data = wire.lookup_response(m.table, m.version, m.row_bytes, n, None, request.request_id,
+                                            rows_in_shm=True)
+            else:
+                data = wire.lookup_response(m.table, m.version, m.row_bytes, n,
+                                            lambda out: view.gather_into(ids, out), request.request_id)
+        metrics.ROWS.labels(call.rpc, call.table).inc(n)
+        metrics.BYTES.labels(call.rpc, call.table).inc(n * m.row_bytes)
+        self.counts["rows"] += n
+        self.counts["bytes"] += n * m.row_bytes
+        return data
+
+    def Lookup(self, request, context):
         self.counts["requests"] += 1
         try:
-            with _Rpc(rpc, context, self.known_tables) as call:
-                call.label(request.table)
-                if not request.table:
-                    raise StoreError("INVALID_ARGUMENT", "table is empty: name a table, e.g. layer1")
-                size = len(request.row_ids)
-                if size % 8:
-                    raise StoreError("INVALID_ARGUMENT", f"row_ids of table {request.table!r} has {size} bytes, "
-                                     "not a multiple of 8 (row ids are little-endian int64)")
-                n = size // 8
-                if n > self.max_request_rows:
-                    raise StoreError("RESOURCE_EXHAUSTED", f"request for table {request.table!r} has {n} row "
-                                     f"ids; the limit is {self.max_request_rows} per request: split the batch")
-                ids = np.frombuffer(request.row_ids, dtype="<i8")
-                with ExitStack() as held:  # snapshots stay open until the rows are copied out
-                    snap = held.enter_context(self.reader.snapshot())
-                    try:
-                        view = snap.view(request.table, request.version)
-                    except StoreError as e:
-                        # a version another server process already serves may be newer than this
-                        # process's snapshot: look again before refusing
-                        if e.code != "NOT_FOUND" or not request.version:
-                            raise
-                        view = held.enter_context(self.reader.snapshot(fresh=True)).view(request.table,
-                                                                                         request.version)
-                    m = view.manifest
-                    if n * m.row_bytes > self.max_message_bytes:
-                        raise StoreError("RESOURCE_EXHAUSTED", f"{n} rows of table {m.table} are "
-                                         f"{n * m.row_bytes} B; responses are limited to "
-                                         f"{self.max_message_bytes} B = {self.max_message_bytes // m.row_bytes} "
-                                         "rows of this table: split the batch")
-                    if request.shm_name:  # same host: the rows go straight into the client's segment
-                        view.gather_into(ids, self.segments.rows(request.shm_name, request.shm_offset, n,
-                                                                 m.row_bytes))
-                        data = wire.lookup_response(m.table, m.version, m.row_bytes, n, None,
-                                                    request.request_id, rows_in_shm=True)
-                    else:
-                        data = wire.lookup_response(m.table, m.version, m.row_bytes, n,
-                                                    lambda out: view.gather_into(ids, out), request.request_id)
-                metrics.ROWS.labels(rpc, call.table).inc(n)
-                metrics.BYTES.labels(rpc, call.table).inc(n * m.row_bytes)
-                self.counts["rows"] += n
-                self.counts["bytes"] += n * m.row_bytes
-                return data
+            with _Rpc("Lookup", context, self.known_tables) as call:
+                return self._rows(request, context.peer(), call)
         except BaseException:
             self.counts["errors"] += 1
             raise
 
-    def Lookup(self, request, context):
-        return self._lookup(request, context, "Lookup")
-
     def StreamLookup(self, request_iterator, context):
-        for request in request_iterator:
-            yield self._lookup(request, context, "StreamLookup")
+        try:
+            stream = self.streams.admit(context.peer(), context)
+        except StoreError as e:
+            _abort(context, e.code, str(e))
+        peer = context.peer()
+        try:
+            while True:
+                stream.waiting()
+                try:
+                    request = next(request_iterator)
+                except StopIteration:
+                    return
+                stream.working()
+                self.counts["requests"] += 1
+                with _Rpc("StreamLookup", context, self.known_tables, abort=False) as call:
+                    data = self._rows(request, peer, call)
+                if call.failure is not None:  # this request alone fails; the stream goes on
+                    self.counts["errors"] += 1
+                    code, message = call.failure
+                    data = pb2.LookupResponse(table=request.table[:128], request_id=request.request_id,
+                                              error_code=getattr(grpc.StatusCode, code).value[0],
+                                              error_message=message).SerializeToString()
+                stream.sending()
+                yield data
+        finally:
+            self.streams.release(stream)
+
+    def RegisterSegment(self, request, context):
+        with _Rpc("RegisterSegment", context, self.known_tables):
+            segment, size = self.segments.register(request.socket, request.secret, context.peer())
+            return pb2.RegisterSegmentResponse(segment=segment, size=size, pid=os.getpid())
 
     # ---- catalog ------------------------------------------------------------------------------------
     def _info(self, manifest: TableManifest) -> pb2.TableInfo:
@@ -159,11 +198,15 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
 
     def DescribeTable(self, request, context):
         with _Rpc("DescribeTable", context, self.known_tables) as call:
-            call.label(request.table)
+            call.label(checked_table_name(request.table))
             return self._info(self.store.manifest(request.table, request.version))
 
     def Stats(self, request, context):
         return pb2.StatsResponse(pid=os.getpid(), uptime_s=time.time() - self.started, **self.counts)
+
+    def close(self) -> None:
+        self.segments.close()
+        self.streams.close()
 
 
 class AdminServicer(pb2_grpc.AdminServiceServicer):
@@ -176,8 +219,9 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
                 manifest = TableManifest.from_json(request.manifest_json)
             except ValueError as e:
                 raise StoreError("INVALID_ARGUMENT", f"manifest_json: {e}") from None
+            checked_table_name(manifest.table, "manifest_json's table")
             if request.table and request.table != manifest.table:
-                raise StoreError("INVALID_ARGUMENT", f"table {request.table!r} differs from the manifest's "
+                raise StoreError("INVALID_ARGUMENT", f"table {request.table[:40]!r} differs from the manifest's "
                                  f"table {manifest.table!r}")
             manifest = self.store.create_version(manifest)
             self.memory._tables_at = 0.0
@@ -189,7 +233,7 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
             manifest, buffer, chunk, written = None, bytearray(), 0, 0
             for request in request_iterator:
                 if manifest is None:
-                    manifest = self.store.manifest(request.table, request.version)
+                    manifest = self.store.manifest(checked_table_name(request.table), request.version)
                     call.label(manifest.table)
                     if request.version == 0 or request.start_row % manifest.chunk_rows:
                         raise StoreError("INVALID_ARGUMENT", f"a WriteRows stream must name a version and start "
@@ -225,7 +269,7 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
 
     def Publish(self, request, context):
         with _Rpc("Publish", context, self.memory.known_tables) as call:
-            call.label(request.table)
+            call.label(checked_table_name(request.table))
             previous = self.store.publish(request.table, request.version, request.expected_checksum)
             log(logger, logging.INFO, "version published", table=request.table, version=request.version,
                 previous=previous)
@@ -233,7 +277,7 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
 
     def DropVersion(self, request, context):
         with _Rpc("DropVersion", context, self.memory.known_tables) as call:
-            call.label(request.table)
+            call.label(checked_table_name(request.table))
             if request.version == 0:
                 raise StoreError("INVALID_ARGUMENT", "version is 0: name the version to drop")
             self.store.drop(request.table, request.version, force=request.force)

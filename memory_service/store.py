@@ -8,8 +8,9 @@ one vectorized numpy index over the map (reader.py): no per-key `get`, no copy o
 Named databases:
   meta:  b"manifest/<table>/<version:8 BE>" -> TableManifest JSON
          b"current/<table>"                  -> published version (8 BE)
-  rows:  b"<table>\\0<version:8 BE><chunk:8 BE>" -> chunk bytes (chunk_rows * row_bytes; last may be short)
-  crc:   same key as rows                    -> crc32 of the chunk (4 BE)
+  rows:  b"<table>\\0<version:8 BE><chunk:8 BE>" -> the chunk's rows (chunk_rows * row_bytes; the last
+                                              may be short), then one checksum per row (row_check.py)
+  crc:   same key as rows                    -> crc32 of the chunk's value (4 BE)
   pages: same key as rows                    -> the chunk's file offset and fingerprint (chunk_map.py)
 
 Versions move LOADING -> READY -> PUBLISHED. A load commits every ~256 MiB, so a killed load leaves a
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
 
 import lmdb
 
-from . import chunk_map
+from . import chunk_map, row_check
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
 
 DEFAULT_MAP_SIZE = 1 << 40      # 1 TiB of address space; the file only grows as rows are written
@@ -41,6 +43,19 @@ class StoreError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def checked_table_name(name: str, field: str = "table") -> str:
+    """A table name from a request: 1-128 characters of [A-Za-z0-9_.-]. The refusal quotes at most
+    40 characters, so a huge name cannot turn an error into an oversized reply."""
+    if not TABLE_NAME.fullmatch(name):
+        shown = f"{name[:40]!r}{'...' if len(name) > 40 else ''} ({len(name)} characters)" if name else "empty"
+        raise StoreError("INVALID_ARGUMENT", f"{field} must be 1-128 characters of letters, digits, '_', '.' "
+                         f"or '-', e.g. layer1; got {shown}")
+    return name
 
 
 def chunk_rows_for(row_bytes: int) -> int:
@@ -88,10 +103,25 @@ def open_env(path: str | os.PathLike, readonly: bool = False, map_size: int = DE
     if not readonly:
         path.mkdir(parents=True, exist_ok=True)
     # readahead off: rows are read at random, and readahead would evict hot pages for tables > RAM.
-    env = lmdb.open(str(path), map_size=map_size, max_dbs=4, max_readers=1024, readonly=readonly,
-                    readahead=False, lock=True, subdir=True, metasync=not bulk)
+    try:
+        env = lmdb.open(str(path), map_size=map_size, max_dbs=4, max_readers=1024, readonly=readonly,
+                        readahead=False, lock=True, subdir=True, metasync=not bulk)
+    except lmdb.Error as e:
+        raise StoreError("DATA_LOSS", f"{path / 'data.mdb'} cannot be opened as an LMDB table store: {e}") from None
     env.reader_check()  # clear reader slots left by killed processes
+    check_file_size(env, path)
     return env
+
+
+def check_file_size(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a data.mdb shorter than the pages its meta page says are in use: reading a row from
+    the missing part through the memory map would kill the reading process (SIGBUS)."""
+    in_use = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < in_use:
+        env.close()
+        raise StoreError("DATA_LOSS", f"{path / 'data.mdb'} is truncated: it has {size} B, but its LMDB meta "
+                         f"page says {in_use} B are in use. Restore it from a copy or load the tables again")
 
 
 class TableStore:
@@ -125,7 +155,11 @@ class TableStore:
             for key, value in cursor:
                 if not bytes(key).startswith(prefix):
                     break
-                out.append(TableManifest.from_json(bytes(value)))
+                try:
+                    out.append(TableManifest.from_json(bytes(value)))
+                except ValueError as e:
+                    raise StoreError("DATA_LOSS", f"{self.path / 'data.mdb'}: the manifest stored under "
+                                     f"{bytes(key)[:80]!r} is damaged ({e})") from None
         return out
 
     def current_version(self, table: str, txn=None) -> int:
@@ -152,7 +186,11 @@ class TableStore:
             versions = [m.version for m in self._manifests(txn, table)]
             raise StoreError("NOT_FOUND", f"table {table!r} has no version {version} "
                              f"(versions: {versions or 'none'})")
-        return TableManifest.from_json(bytes(value))
+        try:
+            return TableManifest.from_json(bytes(value))
+        except ValueError as e:
+            raise StoreError("DATA_LOSS", f"{self.path / 'data.mdb'}: the manifest of {table} v{version} is "
+                             f"damaged ({e})") from None
 
     # ---- writing ------------------------------------------------------------------------------------
     def create_version(self, manifest: TableManifest) -> TableManifest:
@@ -161,25 +199,28 @@ class TableStore:
             versions = [m.version for m in self._manifests(txn, manifest.table)]
             manifest.version = max(versions, default=0) + 1
             manifest.status, manifest.rows_written, manifest.checksum = LOADING, 0, ""
+            manifest.row_check = row_check.FORMAT  # the store decides how rows are checked
             txn.put(manifest_key(manifest.table, manifest.version), manifest.to_json().encode())
         return manifest
 
     def write_chunks(self, manifest: TableManifest, chunks, progress=None) -> None:
-        """Write (chunk_index, bytes) pairs, committing every `commit_bytes`; each chunk must be whole
-        (chunk_rows rows, fewer only for the last chunk)."""
+        """Write (chunk_index, row bytes) pairs, committing every `commit_bytes`; each chunk must be
+        whole (chunk_rows rows, fewer only for the last chunk). Each row's checksum is stored with it."""
         pending, pending_rows, keys = 0, 0, []
+        salt = row_check.salt(manifest.table, manifest.version)
         txn = self.env.begin(write=True)
         try:
-            for index, data in chunks:
-                self._check_chunk(manifest, index, len(data))
+            for index, rows in chunks:
+                self._check_chunk(manifest, index, len(rows))
                 key = chunk_key(manifest.table, manifest.version, index)
+                data = row_check.chunk_value(rows, index * manifest.chunk_rows, manifest.row_bytes, salt)
                 txn.put(key, data, db=self.rows)
                 txn.put(key, struct.pack(">I", zlib.crc32(data)), db=self.crc)
                 keys.append(key)
                 pending += len(data)
-                pending_rows += len(data) // manifest.row_bytes
+                pending_rows += len(rows) // manifest.row_bytes
                 if progress is not None:
-                    progress(len(data) // manifest.row_bytes)
+                    progress(len(rows) // manifest.row_bytes)
                 if pending >= self.commit_bytes:
                     self._bump_rows_written(txn, manifest, pending_rows)
                     txn.commit()

@@ -60,11 +60,13 @@ def lookup_response(table: str, version: int, row_bytes: int, num_rows: int, fil
 
 class LookupAnswer:
     """A parsed LookupResponse whose `rows` is a zero-copy view into the received bytes."""
-    __slots__ = ("table", "version", "row_bytes", "num_rows", "rows", "request_id", "rows_in_shm")
+    __slots__ = ("table", "version", "row_bytes", "num_rows", "rows", "request_id", "rows_in_shm",
+                 "error_code", "error_message")
 
     def __init__(self):
         self.table, self.version, self.row_bytes, self.num_rows, self.request_id = "", 0, 0, 0, 0
         self.rows, self.rows_in_shm = memoryview(b""), False
+        self.error_code, self.error_message = 0, ""  # a StreamLookup request that failed alone
 
 
 def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
@@ -98,6 +100,8 @@ def parse_lookup_response(data: bytes) -> LookupAnswer:
                 out.request_id = value
             elif field == 7:
                 out.rows_in_shm = bool(value)
+            elif field == 8:
+                out.error_code = value
         elif kind == 2:
             length, pos = _read_varint(view, pos)
             if pos + length > len(view):
@@ -106,6 +110,8 @@ def parse_lookup_response(data: bytes) -> LookupAnswer:
                 out.table = bytes(view[pos:pos + length]).decode()
             elif field == 5:
                 out.rows = view[pos:pos + length]
+            elif field == 9:
+                out.error_message = bytes(view[pos:pos + length]).decode(errors="replace")
             pos += length
         elif kind in (1, 5):
             pos += 8 if kind == 1 else 4

@@ -1,63 +1,37 @@
 """MemoryClient: batched row lookups against the memory service.
 
 `lookup(table, row_ids)` deduplicates the ids, splits the unique ones into requests of about
-`request_bytes` of rows (at most `max_rows_per_request`), sends them at once over several channels (one channel is one connection,
-which reaches one server process), retries UNAVAILABLE with exponential backoff inside the deadline,
-and returns uint8 [N, row_bytes] in request order, duplicates included. Ids are checked against the
-table's manifest first, so a bad id is named with its position in the caller's array.
+`request_bytes` of rows (at most `max_rows_per_request`), sends them at once over several channels
+(one channel is one connection, which reaches one server process; channel_pool.py retries
+UNAVAILABLE and RESOURCE_EXHAUSTED with backoff inside the deadline), and returns uint8
+[N, row_bytes] in request order, duplicates included. Ids are checked against the table's manifest
+first, so a bad id is named with its position in the caller's array. One client may be shared by
+threads: each has its own shared-memory segment and deadline, and one's failed request fails no
+other's.
 """
 from __future__ import annotations
 
-import random
 import threading
-import time
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 import numpy as np
 
-from memory_service import wire
-from memory_service.auth import TokenMetadata
+from memory_service import segments
 from memory_service.manifest import TableManifest, table_name
-from protos import pb2, pb2_grpc
+from protos import pb2
 
+from .channel_pool import ChannelPool, MemoryServiceError
 from .config import EngramConfig
-from .lookup_stream import LookupStream
 from .malloc import keep_large_buffers
 from .row_format import RowFormat
 from .shared_arena import SharedArena
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
-
-
-class MemoryServiceError(RuntimeError):
-    """The service refused or could not answer; `code` is the gRPC status code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-
-
-def _channel(target: str, options, tls_ca, tls_cert, tls_key, token):
-    def read(path):
-        with open(path, "rb") as f:
-            return f.read()
-    if tls_ca:
-        credentials = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key) if tls_key else None,
-                                                   read(tls_cert) if tls_cert else None)
-        channel = grpc.secure_channel(target, credentials, options=options)
-    else:
-        channel = grpc.insecure_channel(target, options=options)
-    return grpc.intercept_channel(channel, TokenMetadata(token)) if token else channel
+__all__ = ["MemoryClient", "MemoryServiceError", "checked_row_ids", "checked_tables", "deduplicate"]
 
 
 def _is_loopback(target: str) -> bool:
     host = target.rsplit(":", 1)[0].strip("[]") if not target.startswith("unix:") else "unix"
     return host in ("127.0.0.1", "localhost", "::1", "unix") or host.startswith("127.")
-
-
-def _about_shared_memory(message: str) -> bool:
-    return "shared-memory" in message or "shared memory" in message
 
 
 def checked_row_ids(row_ids, manifest: TableManifest) -> np.ndarray:
@@ -113,54 +87,39 @@ class MemoryClient:
         if max_rows_per_request < 1:
             raise ValueError(f"max_rows_per_request must be >= 1 (got {max_rows_per_request})")
         targets = [target] if isinstance(target, str) else list(target)
-        limit = max_message_mb << 20
-        # A local subchannel pool gives every channel its own connection, hence maybe its own process.
-        options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", limit),
-                   ("grpc.max_send_message_length", limit)]
-        self._channels = [_channel(targets[i % len(targets)], options, tls_ca, tls_cert, tls_key, token)
-                          for i in range(max(channels, len(targets)))]
-        self._stubs = [pb2_grpc.MemoryServiceStub(ch) for ch in self._channels]
-        # Lookup answers parse without protobuf: rows stay a zero-copy view of the received bytes.
-        for stub, channel in zip(self._stubs, self._channels):
-            stub.Lookup = channel.unary_unary("/engram_memory.v1.MemoryService/Lookup",
-                                              request_serializer=pb2.LookupRequest.SerializeToString,
-                                              response_deserializer=wire.parse_lookup_response)
+        self._pool = ChannelPool(targets, channels, max_message_mb, retries, backoff_s, tls_ca, tls_cert,
+                                 tls_key, token)
         keep_large_buffers()
-        self._streams = [LookupStream(ch) for ch in self._channels]
-        self._next = 0
         self._closed = threading.Event()
         threading.Thread(target=self._close_idle_streams, args=(stream_idle_s,), daemon=True,
                          name="memory-client-janitor").start()
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.timeout_s = timeout_s
         self.max_rows_per_request, self.request_bytes = max_rows_per_request, request_bytes
         self._manifests: dict[tuple[str, int], TableManifest] = {}
-        # Same host: rows come back through a shared-memory segment instead of the transport
-        # (shared_memory=None: when every target is a loopback address). A server that cannot
-        # reach the segment answers FAILED_PRECONDITION and the client stops asking.
-        self._arena, self._rotate_after = None, False
-        self._local = threading.local()  # per-call deadlines
+        self._local = threading.local()  # per thread: the call's deadline, a segment to retire
+        # Same host: rows come back through a segment of this client's own memory instead of the
+        # transport (shared_memory=None: when every target is a loopback address). A server that
+        # cannot or may not reach it answers FAILED_PRECONDITION and the client stops asking.
+        self._arena = None
         if shared_memory or (shared_memory is None and all(_is_loopback(t) for t in targets)):
-            try:
-                self._arena = SharedArena()
-            except OSError:
-                self._arena = None
+            self._arena = SharedArena()
+
+    @property
+    def _streams(self):
+        return self._pool.streams
 
     # ---- catalog ------------------------------------------------------------------------------------
     def describe(self, table: str, version: int = 0, refresh: bool = False,
                  timeout_s: float | None = None) -> TableManifest:
         key = (table, version)
         if refresh or key not in self._manifests:
-            outer = getattr(self._local, "timeout", None)  # a lookup's deadline, when inside one
-            self._local.timeout = timeout_s or outer
-            try:
-                info = self._call("DescribeTable", pb2.DescribeTableRequest(table=table, version=version))
-            finally:
-                self._local.timeout = outer
+            info = self._pool.call("DescribeTable", pb2.DescribeTableRequest(table=table, version=version),
+                                   timeout_s or self._timeout)
             self._manifests[key] = TableManifest.from_json(info.manifest_json)
         return self._manifests[key]
 
     def tables(self) -> list[TableManifest]:
-        response = self._call("ListTables", pb2.ListTablesRequest())
+        response = self._pool.call("ListTables", pb2.ListTablesRequest(), self._timeout)
         return [TableManifest.from_json(t.manifest_json) for t in response.tables]
 
     def check(self, config: EngramConfig, tokenizer_sha256: str | None = None,
@@ -170,7 +129,7 @@ class MemoryClient:
         return checked_tables(self, config, tokenizer_sha256, compressed_vocab_size)
 
     def stats(self) -> list:
-        return [self._call("Stats", pb2.StatsRequest(), i) for i in range(len(self._stubs))]
+        return [self._pool.call("Stats", pb2.StatsRequest(), self._timeout, i) for i in range(len(self._pool))]
 
     # ---- lookups ------------------------------------------------------------------------------------
     def lookup(self, table: str, row_ids, version: int = 0, out: np.ndarray | None = None,
@@ -183,13 +142,16 @@ class MemoryClient:
             return self._lookup(table, row_ids, version, out)
         finally:
             self._local.timeout = None
+            if getattr(self._local, "retire", False):  # a failed attempt may still write: not here
+                self._local.retire = False
+                self._rotate()
 
     @property
     def _timeout(self) -> float:
         return getattr(self._local, "timeout", None) or self.timeout_s
 
     def _lookup(self, table: str, row_ids, version: int, out: np.ndarray | None) -> np.ndarray:
-        manifest = self.describe(table, version)
+        manifest = self.describe(table, version, timeout_s=self._timeout)
         ids = checked_row_ids(row_ids, manifest)
         shape = (len(ids), manifest.row_bytes)
         if out is None:
@@ -208,142 +170,127 @@ class MemoryClient:
         else:
             rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
             np.take(rows, inverse, axis=0, out=out)
-        if self._rotate_after and self._arena is not None:
-            self._rotate_after = False
-            self._rotate()
         return out
 
     def _rotate(self) -> None:
-        """A fresh shared-memory segment; when /dev/shm has no room for one, the transport."""
+        """A fresh segment for this thread; with no memory for one, the transport from now on."""
+        if self._arena is None:
+            return
         try:
             self._arena.rotate()
         except OSError:
-            self._arena.close()
-            self._arena = None
+            self._arena, arena = None, self._arena
+            arena.close()
+
+    def _stop_shared_memory(self) -> None:
+        arena, self._arena = self._arena, None
+        if arena is not None:
+            arena.close()
 
     def lookup_values(self, table: str, row_ids, version: int = 0) -> np.ndarray:
         """float32 [N, head_dim]: `lookup` decoded with the table's row format."""
         manifest = self.describe(table, version)
         return RowFormat(manifest.row_dtype, manifest.head_dim).decode(self.lookup(table, row_ids, version))
 
-    def _fetch(self, table: str, unique: np.ndarray, version: int, row_bytes: int) -> list[np.ndarray]:
+    def _segment_for(self, nbytes: int, channels: list[int]):
+        """This thread's segment, registered on every channel the requests go to; None: no shared
+        memory (not asked for, no memory to reserve, or the server cannot or may not use it)."""
+        arena = self._arena
+        if arena is None:
+            return None
+        try:
+            segment = arena.segment(nbytes)
+            for channel in channels:
+                segment.register(channel, lambda name, secret, t, c=channel: self._pool.stubs[c].RegisterSegment.future(
+                    pb2.RegisterSegmentRequest(socket=name, secret=secret), timeout=t), min(5.0, self._timeout))
+            return segment
+        except OSError:  # no memory for the segment: the transport from now on
+            self._stop_shared_memory()
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and (
+                    segments.DISABLED in e.details() or segments.UNREACHABLE in e.details()):
+                self._stop_shared_memory()  # another host or namespace, or --no-shared-memory
+            else:  # busy, or refused: this lookup over the transport, a fresh segment next time
+                self._local.retire = True
+        except Exception:  # noqa: BLE001 a registration that did not finish (deadline)
+            self._local.retire = True
+        return None
+
+    def _fetch(self, table: str, unique: np.ndarray, version: int, row_bytes: int, again: bool = True) -> list:
         """Rows of sorted unique ids as read-only views of the answers, one per request."""
         if not len(unique):
             return [np.empty((0, row_bytes), dtype=np.uint8)]
         step = max(1, min(self.max_rows_per_request, self.request_bytes // row_bytes))
         pieces = [unique[i:i + step] for i in range(0, len(unique), step)]
-        shm, arena = None, self._arena
-        if arena is not None:  # piece i's rows go to the segment at the offset of its first row
-            try:
-                name, buffer = arena.buffer(len(unique) * row_bytes)
-            except OSError:  # /dev/shm too small for this lookup: the transport from now on
-                self._arena = None
-                arena.close()
-                return self._fetch(table, unique, version, row_bytes)
-            shm = [(name, i * step * row_bytes) for i in range(len(pieces))]
+        first = self._pool.take(len(pieces))
+        channels = [(first + i) % len(self._pool) for i in range(len(pieces))]
+        segment = self._segment_for(len(unique) * row_bytes, sorted(set(channels)))
+        offsets = [i * step * row_bytes for i in range(len(pieces))]
         try:
-            answers = self._send_all(table, pieces, [version] * len(pieces), shm)
+            answers = self._send(table, pieces, [version] * len(pieces), first, segment, offsets)
             versions = {a.version for a in answers}
             if len(versions) > 1:  # a publish landed between pieces: refetch the stragglers pinned
                 newest = max(versions)
                 stale = [i for i, a in enumerate(answers) if a.version != newest]
-                again = self._send_all(table, [pieces[i] for i in stale], [newest] * len(stale),
-                                       [shm[i] for i in stale] if shm else None)
-                for i, a in zip(stale, again):
+                for i, a in zip(stale, self._send(table, [pieces[i] for i in stale], [newest] * len(stale),
+                                                  first, None, None)):
                     answers[i] = a
         except MemoryServiceError as e:
-            if arena is None:
-                raise
-            if e.code == grpc.StatusCode.FAILED_PRECONDITION and _about_shared_memory(str(e)):
-                self._arena = None  # this server cannot reach our segments: the transport from now on
-                arena.close()
-                return self._fetch(table, unique, version, row_bytes)
-            self._rotate()  # an abandoned request may still write its rows: never into a live segment
-            raise
-        if answers[0].version != self._manifests[(table, version)].version:
-            self._manifests.pop((table, version))  # a new version is published: re-read its manifest
-        parts = []
-        for i, (piece, answer) in enumerate(zip(pieces, answers)):
-            if shm is not None:
-                if not answer.rows_in_shm or answer.num_rows != len(piece) or answer.row_bytes != row_bytes:
+            if segment is not None:
+                self._local.retire = True  # an abandoned request may still write its rows
+                if again and e.code == grpc.StatusCode.FAILED_PRECONDITION and segments.UNKNOWN in str(e):
+                    # a reconnect, a restarted server process or an evicted registration: register a
+                    # fresh segment and try once more
+                    self._local.retire = False
                     self._rotate()
-                    raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"table {table}: the server answered "
-                                             f"{answer.num_rows} rows of {answer.row_bytes} B, "
-                                             f"rows_in_shm={answer.rows_in_shm}, for {len(piece)} rows")
-                start = shm[i][1]
-                parts.append(buffer[start:start + len(piece) * row_bytes].reshape(-1, row_bytes))
+                    return self._fetch(table, unique, version, row_bytes, again=False)
+            raise
+        known = self._manifests.get((table, version))
+        if known is not None and answers[0].version != known.version:
+            self._manifests.pop((table, version), None)  # a new version is published: re-read its manifest
+        parts = []
+        for piece, answer, offset in zip(pieces, answers, offsets):
+            if answer.num_rows != len(piece) or answer.row_bytes != row_bytes:
+                raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"table {table}: the server answered "
+                                         f"{answer.num_rows} rows of {answer.row_bytes} B for {len(piece)} rows")
+            if answer.rows_in_shm:
+                if segment is None:
+                    raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"table {table}: the server says the rows "
+                                             "are in a segment this lookup did not send")
+                parts.append(segment.array[offset:offset + len(piece) * row_bytes].reshape(-1, row_bytes))
                 continue
-            if answer.row_bytes != row_bytes or len(answer.rows) != len(piece) * row_bytes:
+            if len(answer.rows) != len(piece) * row_bytes:
                 raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"table {table}: response of "
                                          f"{len(answer.rows)} B for {len(piece)} rows of {row_bytes} B")
             parts.append(np.frombuffer(answer.rows, dtype=np.uint8).reshape(-1, row_bytes))
         return parts
 
-    def _send_all(self, table: str, pieces, versions, shm=None) -> list:
-        """Send every piece at once, each on its own channel's stream, and wait for all answers; a
-        piece whose stream failed with UNAVAILABLE is retried as a unary call with backoff.
-        shm: per piece (segment name, byte offset) for rows written into shared memory."""
-        requests = [pb2.LookupRequest(table=table, version=v, row_ids=p.astype("<i8", copy=False).tobytes())
-                    for p, v in zip(pieces, versions)]
-        for request, (name, offset) in zip(requests, shm or ()):
-            request.shm_name, request.shm_offset = name, offset
-        first = self._next
-        self._next += len(requests)
-        started = time.monotonic()
-        futures = [self._streams[(first + i) % len(self._streams)].submit(r) for i, r in enumerate(requests)]
-        answers = []
-        for i, (future, request) in enumerate(zip(futures, requests)):
-            stream = self._streams[(first + i) % len(self._streams)]
-            try:
-                answers.append(future.result(timeout=max(0.001, self._timeout - (time.monotonic() - started))))
-            except FutureTimeout:
-                stream.cancel()
-                raise MemoryServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, f"Lookup (table {table}): no answer "
-                                         f"within {self._timeout} s") from None
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE:
-                    raise MemoryServiceError(e.code(), f"Lookup (table {table}): {e.details()}") from None
-                answers.append(self._call("Lookup", request, first + i + 1))
-                if shm and self._arena is not None:
-                    self._rotate_after = True  # the failed attempt may still write: next lookup elsewhere
-        return answers
+    def _send(self, table: str, pieces, versions, first: int, segment, offsets) -> list:
+        """Every piece at once, piece i on channel first + i; with a segment, piece i's rows go to it
+        at offsets[i]. A piece sent again after a failure comes back in the response instead."""
+        def request(i: int, shared: bool = True):
+            r = pb2.LookupRequest(table=table, version=versions[i], row_ids=pieces[i].astype("<i8", copy=False).tobytes())
+            if shared and segment is not None:
+                r.segment = segment.ids[(first + i) % len(self._pool)]
+                r.segment_offset = offsets[i]
+            return r
 
-    # ---- transport ----------------------------------------------------------------------------------
-    def _call(self, method: str, request, channel: int | None = None):
-        """One RPC with retries on UNAVAILABLE (exponential backoff with jitter) inside the deadline."""
-        if channel is None:
-            channel = self._next
-            self._next += 1
-        started, attempt = time.monotonic(), 0
-        while True:
-            stub = self._stubs[(channel + attempt) % len(self._stubs)]  # a retry tries another channel
-            left = self._timeout - (time.monotonic() - started)
-            try:
-                return getattr(stub, method)(request, timeout=max(left, 0.001))
-            except grpc.RpcError as e:
-                code = e.code()
-                left = self._timeout - (time.monotonic() - started)
-                if code in RETRYABLE and attempt < self.retries and left > 0:
-                    time.sleep(min(self.backoff_s * 2 ** attempt * (0.5 + random.random()), left))
-                    attempt += 1
-                    continue
-                table = getattr(request, "table", "")
-                where = f" (table {table})" if table else ""
-                raise MemoryServiceError(code, f"{method}{where}: {e.details()}") from None
+        def retry_without_segment(i: int):
+            if segment is not None:
+                self._local.retire = True
+            return request(i, shared=False)
+        return self._pool.send_all([request(i) for i in range(len(pieces))], first, self._timeout,
+                                   retry_without_segment)
 
     def _close_idle_streams(self, idle_s: float) -> None:
         while not self._closed.wait(min(1.0, idle_s)):
-            for stream in self._streams:
-                stream.close_if_idle(idle_s)
+            self._pool.close_idle_streams(idle_s)
 
     def close(self) -> None:
         self._closed.set()
         if self._arena is not None:
             self._arena.close()
-        for stream in self._streams:
-            stream.close()
-        for channel in self._channels:
-            channel.close()
+        self._pool.close()
 
     def __enter__(self):
         return self

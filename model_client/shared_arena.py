@@ -1,100 +1,157 @@
-"""SharedArena: a client's shared-memory segment that a memory server on the same host writes rows into.
+"""SharedArena: memory of this client's own that a memory server on the same host writes rows into.
 
-One segment per MemoryClient and thread, created under /dev/shm with mode 0600 and a name that
-carries the creator's pid, grown (replaced) when a lookup needs more room, and unlinked on close;
-segments of dead processes (kill -9) are unlinked by the next arena created on the host. The server maps it by name
-(LookupRequest.shm_name) and gathers rows straight into it at the offset the client chose, so rows
-skip gRPC's transport. After any failed or retried call the client `rotate`s to a fresh segment:
-a request it gave up on may still be written late, and must land where nobody reads.
+Each thread of a MemoryClient has one Segment: a memfd (anonymous memory in no namespace: nothing
+under /dev/shm another process could name, list or replace with a symlink), sealed so that it can
+never shrink or grow, and mapped here. The client hands it to a server process over the channel it
+will send lookups on (`Segment.register`): it listens on a fresh abstract unix socket, asks
+RegisterSegment(socket, secret) over that gRPC connection, and sends the fd (SCM_RIGHTS) only to a
+peer that first sends the secret, which only the process that received the request knows. The server
+answers an id valid only on that connection (memory_service/segments.py).
+
+The unix connection stays open as a tether: closing the segment (or this process dying) closes it,
+and the server drops the mapping. After any failed or retried call the client `rotate`s to a fresh
+segment: a request it gave up on may still be written late, and must land where nobody reads.
 """
 from __future__ import annotations
 
+import array
+import fcntl
+import hmac
 import mmap
 import os
 import secrets
+import socket
 import threading
+import time
 import weakref
 
 import numpy as np
 
-SHM_DIR = "/dev/shm"
+from memory_service.segments import HANDED, SECRET_BYTES, SOCKET_PREFIX
+
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
-def _unlink(path: str, segment: mmap.mmap) -> None:
+def _close(fd: int, memory: mmap.mmap, tethers: list) -> None:
+    for tether in tethers:
+        tether.close()
+    tethers.clear()
     try:
-        os.unlink(path)
-    except OSError:
-        pass
-    try:
-        segment.close()
+        memory.close()
     except BufferError:  # a caller still holds a view; the mapping goes with it
         pass
+    os.close(fd)
 
 
-def reap_orphans() -> int:
-    """Unlink segments of client processes that died without cleaning up (kill -9): the name
-    carries the creator's pid. Returns how many went."""
-    gone = 0
-    for name in os.listdir(SHM_DIR):
-        parts = name.split("-")
-        if len(parts) != 3 or parts[0] != "engram" or not parts[1].isdigit():
-            continue
+def _read_exactly(conn: socket.socket, n: int, deadline: float) -> bytes:
+    data = b""
+    while len(data) < n:
+        conn.settimeout(max(0.001, deadline - time.monotonic()))
+        piece = conn.recv(n - len(data))
+        if not piece:
+            break
+        data += piece
+    return data
+
+
+class Segment:
+    """One sealed memfd of `size` bytes, mapped here, registered per channel."""
+
+    def __init__(self, size: int):
+        fd = os.memfd_create("engram-rows", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
-            try:
-                os.unlink(os.path.join(SHM_DIR, name))
-                gone += 1
-            except OSError:
-                pass
-        except OSError:  # alive, another user's
-            pass
-    return gone
+            os.ftruncate(fd, size)
+            # reserve the pages now: with no memory left this fails here (ENOSPC/ENOMEM), never later
+            os.posix_fallocate(fd, 0, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            memory = mmap.mmap(fd, size)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd, self.size = fd, size
+        self.array = np.frombuffer(memory, dtype=np.uint8)
+        self.ids: dict[int, bytes] = {}  # channel index -> the id its server process gave
+        self._tethers: list[socket.socket] = []
+        self._finalizer = weakref.finalize(self, _close, fd, memory, self._tethers)
+
+    def register(self, channel: int, call, timeout_s: float) -> bytes:
+        """The segment's id on `channel`, registering it there first: call(socket, secret, timeout)
+        sends RegisterSegment on that channel and returns a future of its response."""
+        if channel in self.ids:
+            return self.ids[channel]
+        deadline = time.monotonic() + timeout_s
+        name = SOCKET_PREFIX + secrets.token_hex(16)
+        secret = secrets.token_bytes(SECRET_BYTES)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind("\0" + name)
+            listener.listen(8)
+            listener.settimeout(0.02)
+            future = call(name, secret, timeout_s)
+            while not future.done() and time.monotonic() < deadline:
+                try:
+                    conn, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                try:  # only the peer that knows the secret gets the fd
+                    if not hmac.compare_digest(_read_exactly(conn, SECRET_BYTES, deadline), secret):
+                        conn.close()
+                        continue
+                    conn.sendmsg([HANDED], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [self.fd]))])
+                except OSError:
+                    conn.close()
+                    continue
+                self._tethers.append(conn)
+                break
+            answer = future.result(timeout=max(0.001, deadline - time.monotonic()))
+        finally:
+            listener.close()
+        self.ids[channel] = bytes(answer.segment)
+        return self.ids[channel]
+
+    def forget(self, channel: int) -> None:
+        self.ids.pop(channel, None)
+
+    def close(self) -> None:
+        self.array = None
+        self._finalizer()
+
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive
 
 
 class SharedArena:
+    """Per thread, the segment its lookups write into."""
+
     def __init__(self, min_bytes: int = 16 << 20):
-        if not os.path.isdir(SHM_DIR):
-            raise OSError(f"{SHM_DIR} is missing: no POSIX shared memory here")
-        reap_orphans()
         self.min_bytes = min_bytes
         self._local = threading.local()
-        self._finalizers: list = []  # every thread's segments, for close()
+        self._segments: list[Segment] = []  # every thread's, for close()
+        self._lock = threading.Lock()
 
-    def buffer(self, nbytes: int) -> tuple[str, np.ndarray]:
-        """(segment name, uint8 array of at least nbytes) for this thread's next lookup; OSError
-        when /dev/shm cannot hold it."""
+    def segment(self, nbytes: int) -> Segment:
+        """This thread's segment, at least nbytes; OSError when the memory cannot be reserved."""
         current = getattr(self._local, "segment", None)
-        if current is None or len(current[1]) < nbytes:
-            self.rotate(max(nbytes, self.min_bytes, 2 * len(current[1]) if current else 0))
-        return self._local.segment[0], self._local.segment[1]
+        if current is None or current.size < nbytes:
+            self.rotate(max(nbytes, self.min_bytes, 2 * current.size if current else 0))
+        return self._local.segment
 
     def rotate(self, nbytes: int | None = None) -> None:
-        """Replace this thread's segment by a new one (the old name is unlinked at once)."""
+        """Replace this thread's segment by a new one; the old one is closed (servers drop it)."""
         current = getattr(self._local, "segment", None)
-        size = nbytes or (len(current[1]) if current else self.min_bytes)
+        size = nbytes or (current.size if current else self.min_bytes)
+        self._local.segment = None
         if current is not None:
-            self._local.segment = None
-            current[2]()  # weakref.finalize: unlink and unmap
-        name = f"engram-{os.getpid()}-{secrets.token_hex(8)}"
-        path = os.path.join(SHM_DIR, name)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            # reserve the pages now: a sparse segment on a full /dev/shm (containers get 64 MiB)
-            # would kill whichever process writes first with SIGBUS; this fails with ENOSPC instead
-            os.posix_fallocate(fd, 0, size)
-            segment = mmap.mmap(fd, size)
-        except OSError:
-            os.unlink(path)
-            raise
-        finally:
-            os.close(fd)
-        array = np.frombuffer(segment, dtype=np.uint8)
-        finalizer = weakref.finalize(self, _unlink, path, segment)
-        self._finalizers = [f for f in self._finalizers if f.alive] + [finalizer]
-        self._local.segment = (name, array, finalizer)
+            current.close()
+        segment = Segment(size)
+        with self._lock:
+            self._segments = [s for s in self._segments if s.alive] + [segment]
+        self._local.segment = segment
 
     def close(self) -> None:
         self._local.segment = None
-        for finalizer in self._finalizers:
-            finalizer()
+        with self._lock:
+            for segment in self._segments:
+                segment.close()
+            self._segments = []

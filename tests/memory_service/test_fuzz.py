@@ -1,6 +1,7 @@
 """Property-based fuzzing of every RPC of a real server with malformed and adversarial payloads:
 no crash, only the statuses a client can act on, right rows whenever a lookup succeeds, and the
-server still serves afterwards. CI runs ENGRAM_FUZZ_EXAMPLES (default 150) cases per property;
+server still serves afterwards. Admin calls go to the server's local admin socket (the data port
+refuses them: PERMISSION_DENIED). CI runs ENGRAM_FUZZ_EXAMPLES (default 150) cases per property;
 `ENGRAM_FUZZ_SLOW=1 pytest -m slow tests/memory_service/test_fuzz.py` runs 3,400 per property
 (10,200 in all)."""
 import os
@@ -19,10 +20,11 @@ LAYER, TABLE = 2, "layer2"
 EXAMPLES = int(os.environ.get("ENGRAM_FUZZ_EXAMPLES", "150"))
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
-           grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE}
+           grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.PERMISSION_DENIED}
 METHODS = {"/engram_memory.v1.MemoryService/Lookup": "unary", "/engram_memory.v1.MemoryService/StreamLookup": "stream",
            "/engram_memory.v1.MemoryService/ListTables": "unary", "/engram_memory.v1.MemoryService/DescribeTable": "unary",
-           "/engram_memory.v1.MemoryService/Stats": "unary", "/engram_memory.v1.AdminService/CreateVersion": "unary",
+           "/engram_memory.v1.MemoryService/Stats": "unary", "/engram_memory.v1.MemoryService/RegisterSegment": "unary",
+           "/engram_memory.v1.AdminService/CreateVersion": "unary",
            "/engram_memory.v1.AdminService/WriteRows": "client_stream", "/engram_memory.v1.AdminService/Publish": "unary",
            "/engram_memory.v1.AdminService/DropVersion": "unary"}
 COUNT = {"cases": 0}
@@ -35,8 +37,10 @@ def fuzz_server(tmp_path_factory):
     server = Server(path, workers=1)
     server.wait_serving()
     channel = grpc.insecure_channel(server.target)
-    yield server, channel
+    admin_channel = grpc.insecure_channel(f"unix:{path / 'admin.sock'}")
+    yield server, channel, admin_channel
     channel.close()
+    admin_channel.close()
     server.stop()
 
 
@@ -71,15 +75,15 @@ def garbage(channel, method, payload):
     assert code in ALLOWED, (method, payload[:64], code, detail)
 
 
-def lookups(channel, table, version, ids, raw_ids, shm_name, shm_offset):
+def lookups(channel, table, version, ids, raw_ids, segment, segment_offset):
     payload = np.asarray(ids, dtype="<i8").tobytes() if raw_ids is None else raw_ids
-    request = pb2.LookupRequest(table=table, version=version, row_ids=payload, shm_name=shm_name,
-                                shm_offset=shm_offset)
+    request = pb2.LookupRequest(table=table, version=version, row_ids=payload, segment=segment,
+                                segment_offset=segment_offset)
     code, answer = call_raw(channel, "/engram_memory.v1.MemoryService/Lookup", request.SerializeToString())
     COUNT["cases"] += 1
-    assert code in ALLOWED, (table, version, shm_name, code, answer)
+    assert code in ALLOWED, (table, version, segment, code, answer)
     if code == grpc.StatusCode.OK:   # a success is always the right rows, never zeros
-        assert not shm_name
+        assert not segment           # no segment of this connection: never "written" anywhere
         got = pb2.LookupResponse.FromString(answer)
         ids = np.frombuffer(payload, dtype="<i8")
         assert got.rows == expected_rows(LAYER)[ids].tobytes()
@@ -101,8 +105,18 @@ LOOKUPS = dict(table=st.one_of(st.sampled_from([TABLE, "layer1", ""]), st.text(m
                version=st.one_of(st.just(0), st.integers(0, 2**64 - 1)),
                ids=st.lists(st.one_of(st.integers(0, 5000), st.integers(-2**63, 2**63 - 1)), max_size=64),
                raw_ids=st.one_of(st.none(), st.binary(max_size=100)),
-               shm_name=st.one_of(st.just(""), st.text(max_size=30), st.sampled_from(["engram-x", "../x", "engram-"])),
-               shm_offset=st.integers(0, 2**64 - 1))
+               segment=st.one_of(st.just(b""), st.binary(min_size=1, max_size=40)),
+               segment_offset=st.integers(0, 2**64 - 1))
+SEGMENTS = dict(socket=st.one_of(st.text(max_size=60), st.sampled_from(["engram-seg-" + "0" * 32, "../x", "engram-seg-"]),
+                                 st.from_regex(r"engram-seg-[0-9a-f]{32}", fullmatch=True)),
+                secret=st.binary(max_size=40))
+
+
+def registrations(channel, socket, secret):
+    request = pb2.RegisterSegmentRequest(socket=socket, secret=secret)
+    code, detail = call_raw(channel, "/engram_memory.v1.MemoryService/RegisterSegment", request.SerializeToString())
+    COUNT["cases"] += 1
+    assert code in ALLOWED - {grpc.StatusCode.OK}, (socket, secret, code, detail)  # nobody listens there
 ADMIN = dict(method=st.sampled_from(["CreateVersion", "WriteRows", "Publish", "DropVersion"]),
              table=st.one_of(st.sampled_from([TABLE, "fuzz", ""]), st.text(max_size=20)),
              version=st.integers(0, 2**64 - 1), text=st.one_of(st.text(max_size=200), st.just("{}"),
@@ -110,27 +124,29 @@ ADMIN = dict(method=st.sampled_from(["CreateVersion", "WriteRows", "Publish", "D
              start_row=st.integers(0, 2**64 - 1), rows=st.binary(max_size=300), force=st.booleans())
 
 
-def run_properties(channel, examples: int) -> None:
+def run_properties(channel, admin_channel, examples: int) -> None:
     given(**GARBAGE)(fuzzing(examples)(lambda method, payload: garbage(channel, method, payload)))()
+    given(**GARBAGE)(fuzzing(examples // 3)(lambda method, payload: garbage(admin_channel, method, payload)))()
     given(**LOOKUPS)(fuzzing(examples)(lambda **kw: lookups(channel, **kw)))()
-    given(**ADMIN)(fuzzing(examples)(lambda **kw: admin(channel, **kw)))()
+    given(**SEGMENTS)(fuzzing(examples // 3)(lambda **kw: registrations(channel, **kw)))()
+    given(**ADMIN)(fuzzing(examples)(lambda **kw: admin(admin_channel, **kw)))()
     still_serves(channel)
 
 
 def test_every_rpc_survives_malformed_and_adversarial_requests(fuzz_server):
-    server, channel = fuzz_server
+    server, channel, admin_channel = fuzz_server
     before = COUNT["cases"]
-    run_properties(channel, EXAMPLES)
-    assert COUNT["cases"] - before >= 3 * EXAMPLES * 0.9     # hypothesis ran (nearly) all the cases
+    run_properties(channel, admin_channel, EXAMPLES)
+    assert COUNT["cases"] - before >= 3.6 * EXAMPLES * 0.9     # hypothesis ran (nearly) all the cases
     assert server.proc.poll() is None
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("ENGRAM_FUZZ_SLOW") != "1", reason="10,200 cases: set ENGRAM_FUZZ_SLOW=1")
 def test_ten_thousand_cases(fuzz_server):
-    server, channel = fuzz_server
+    server, channel, admin_channel = fuzz_server
     before = COUNT["cases"]
-    run_properties(channel, 3400)
+    run_properties(channel, admin_channel, 3400)
     print(f"fuzz cases: {COUNT['cases'] - before}")
     assert COUNT["cases"] - before >= 10_000
     assert server.proc.poll() is None

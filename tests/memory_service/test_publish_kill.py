@@ -26,7 +26,7 @@ def test_kill_during_publish(tmp_path, delay_ms):
     publish = pb2.PublishRequest(table=TABLE, version=2).SerializeToString()
 
     def call():
-        with grpc.insecure_channel(server.target) as channel:
+        with grpc.insecure_channel(f"unix:{db / 'admin.sock'}") as channel:   # admin: the local socket
             try:
                 channel.unary_unary("/engram_memory.v1.AdminService/Publish")(publish, timeout=10)
             except grpc.RpcError:

@@ -92,7 +92,7 @@ def test_tls_tokens_and_a_separate_admin_port(pki, store_path):
         assert admin_call(admin_port, None) == grpc.StatusCode.UNAUTHENTICATED
         assert admin_call(admin_port, "read-secret") == grpc.StatusCode.PERMISSION_DENIED
         assert admin_call(admin_port, "admin-secret") == grpc.StatusCode.NOT_FOUND      # let in; no table
-        assert admin_call(server.port, "admin-secret") == grpc.StatusCode.UNIMPLEMENTED  # not on the main port
+        assert admin_call(server.port, "admin-secret") == grpc.StatusCode.PERMISSION_DENIED  # not on the main port
     finally:
         server.stop()
 

@@ -90,7 +90,8 @@ def test_bad_requests_get_clear_statuses_and_the_server_keeps_serving(served_sto
         ("layer1", b"\x01" * 12, 0, grpc.StatusCode.INVALID_ARGUMENT, "has 12 bytes, not a multiple of 8"),
         ("layer9", good, 0, grpc.StatusCode.NOT_FOUND, "table 'layer9' has no published version"),
         ("layer1", good, 42, grpc.StatusCode.NOT_FOUND, "table 'layer1' has no version 42"),
-        ("", good, 0, grpc.StatusCode.INVALID_ARGUMENT, "table is empty"),
+        ("", good, 0, grpc.StatusCode.INVALID_ARGUMENT, "table must be 1-128 characters"),
+        ("x" * 16384, good, 0, grpc.StatusCode.INVALID_ARGUMENT, "(16384 characters)"),
     ]
     for table, payload, version, code, message in cases:
         with pytest.raises(grpc.RpcError) as e:
@@ -205,15 +206,16 @@ def test_publishing_while_clients_read(tmp_path):
 
 
 def test_admin_service_creates_writes_and_publishes(served_store):
-    server, _, manifests = served_store
+    server, db, manifests = served_store
     cfg = tiny_config(row_dtype="bfloat16", layer_ids=[1, 2, 3, 4])
     m = manifests[2]
     new = TableManifest(**{**m.__dict__, "version": 0, "status": "loading", "checksum": "", "rows_written": 0,
                            "source": "admin test"})
     values = seeded_rows(9, 2, 0, m.num_rows, cfg.head_dim)
     rows = RowFormat("bfloat16", cfg.head_dim).encode(values)
-    with grpc.insecure_channel(server.target) as channel:
-        admin = pb2_grpc.AdminServiceStub(channel)
+    with grpc.insecure_channel(server.target) as channel, \
+            grpc.insecure_channel(f"unix:{db / 'admin.sock'}") as local:   # no admin token: the local socket
+        admin = pb2_grpc.AdminServiceStub(local)
         version = admin.CreateVersion(pb2.CreateVersionRequest(table="layer2", manifest_json=new.to_json())).version
         assert version == 2
 
