@@ -32,6 +32,11 @@ class ServiceBenchConfig:
     transports: list[str] = field(default_factory=lambda: ["grpc", "shm"], metadata={
         "help": "how rows come back: grpc (in the response) and/or shm (the client's shared-memory "
                 "segment, same host only)"})
+    batches: list[int] = field(default_factory=lambda: list(floors_mod.BATCHES), metadata={
+        "type": int, "help": "batch sizes (rows per lookup) to measure"})
+    row_checks: list[str] = field(default_factory=lambda: ["on"], metadata={
+        "help": "serve with every row checked against its stored sum (on, the default) and/or without "
+                "(off: `serve --no-verify-rows`), to measure what the check costs"})
     target: str = field(default="", metadata={
         "help": "measure a running service at host:port instead (its published tables; no floors)"})
     db: str = field(default="", metadata={
@@ -43,6 +48,10 @@ class ServiceBenchConfig:
             raise ValueError(f"ServiceBenchConfig.duration_s must be > 0 (got {self.duration_s})")
         if not self.clients or min(self.clients) < 1:
             raise ValueError(f"ServiceBenchConfig.clients must list numbers >= 1 (got {self.clients})")
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError(f"ServiceBenchConfig.batches must list numbers >= 1 (got {self.batches})")
+        if not self.row_checks or not set(self.row_checks) <= {"on", "off"}:
+            raise ValueError(f"ServiceBenchConfig.row_checks must list on and/or off (got {self.row_checks})")
         if not self.transports or not set(self.transports) <= {"grpc", "shm"}:
             raise ValueError(f"ServiceBenchConfig.transports must list grpc and/or shm (got {self.transports})")
 
@@ -87,11 +96,11 @@ def measure_service(target, table, size, num_rows, clients, duration_s, shm: boo
             "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "calls": len(latencies)}
 
 
-def _start_server(db: str, workers: int) -> tuple[subprocess.Popen, str, Path]:
+def _start_server(db: str, workers: int, *flags: str) -> tuple[subprocess.Popen, str, Path]:
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     exe = shutil.which("engram-memory") or os.path.join(os.path.dirname(sys.executable), "engram-memory")
     proc = subprocess.Popen([exe, "serve", "--db", db, "--port", "0", "--workers", str(workers),
-                             "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+                             "--metrics-port", "0", *flags], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
@@ -114,7 +123,7 @@ def run_against(cfg: ServiceBenchConfig) -> int:
         raise ValueError(f"the service at {cfg.target} has no published tables")
     rows, info = [], machine()
     for manifest in tables:
-        for size in floors_mod.BATCHES:
+        for size in cfg.batches:
             for clients in cfg.clients:
                 result = measure_service(cfg.target, manifest.table, size, manifest.num_rows, clients, cfg.duration_s)
                 rows.append({"bench": "service", "path": f"grpc {cfg.target}, {clients} client process(es)",
@@ -139,27 +148,28 @@ def run(cfg: ServiceBenchConfig) -> int:
         for row_bytes, (path, manifest) in stores.items():
             print(f"floors, {row_bytes} B rows ...", flush=True)
             rows += [{**r, "table_rows": manifest.num_rows, **info}
-                     for r in floors_mod.floors(path, manifest.table, cfg.duration_s)]
+                     for r in floors_mod.floors(path, manifest.table, cfg.duration_s, sizes=cfg.batches)]
         rows.append({**floors_mod.per_key_baseline(os.path.join(workdir, "perkey"), 256, duration_s=cfg.duration_s),
                      **info})
-        for row_bytes, (path, manifest) in stores.items():
-            proc, target, log = _start_server(path, cfg.workers)
+        for (row_bytes, (path, manifest)), checks in [(s, c) for s in stores.items() for c in cfg.row_checks]:
+            proc, target, log = _start_server(path, cfg.workers, *(["--no-verify-rows"] if checks == "off" else []))
             try:
-                for size in floors_mod.BATCHES:
+                for size in cfg.batches:
                     floor = next(r for r in rows if r["path"] == "in-ram np.take" and r["row_bytes"] == row_bytes
                                  and r["batch_rows"] == size)
                     for transport, clients in [(t, c) for t in cfg.transports for c in cfg.clients]:
                         result = measure_service(target, manifest.table, size, manifest.num_rows, clients,
                                                  cfg.duration_s, shm=transport == "shm")
                         rows_via = "rows in the response" if transport == "grpc" else "rows via shm"
-                        row = {"bench": "service", "path": f"grpc, {rows_via}, {clients} client(s)",
-                               "transport": transport,
+                        unchecked = ", rows unchecked" if checks == "off" else ""
+                        row = {"bench": "service", "path": f"grpc, {rows_via}{unchecked}, {clients} client(s)",
+                               "transport": transport, "row_check": checks,
                                "row_bytes": row_bytes, "batch_rows": size, "clients": clients,
                                "table_rows": manifest.num_rows,
                                "server_workers": cfg.workers or min(8, os.cpu_count() or 1), **result,
                                "ratio_to_floor": result["rows_per_s"] / floor["rows_per_s"], **info}
                         rows.append(row)
-                        print(f"  {transport:<4} {row_bytes} B x {size:>6} rows, {clients} client(s): {row['rows_per_s']:>12,.0f} "
+                        print(f"  {transport:<4} checks {checks:<3} {row_bytes} B x {size:>6} rows, {clients} client(s): {row['rows_per_s']:>12,.0f} "
                               f"rows/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
                               f"{row['ratio_to_floor']:.1%} of np.take", flush=True)
             finally:

@@ -4,7 +4,8 @@
   (with `out=` and the default mode numpy buffers the result and runs ~1.7x slower here); the floor
   every ratio is against. numpy backs such an array with transparent huge pages, a file mapping gets
   4 KiB pages: on random rows of a multi-GB table that TLB difference is most of the store's gap;
-- store: the memory service's own gather from LMDB's memory map (StoreReader), no RPC;
+- store: the memory service's own gather from LMDB's memory map (StoreReader), no RPC, every row
+  checked against its stored sum (row_check.py), and the same gather unchecked: the check's cost;
 - per-key: one LMDB key per row and a Python loop of `get`s, the design DESIGN.md warns against.
 
 Batches are sorted unique random row ids, the form MemoryClient sends after deduplicating.
@@ -58,22 +59,25 @@ def in_ram_table(db: str, table: str) -> np.ndarray:
         store.close()
 
 
-def floors(db: str, table: str, duration_s: float, seed: int = 0) -> list[dict]:
-    """np.take from RAM and the store's own gather, for every batch size."""
+def floors(db: str, table: str, duration_s: float, seed: int = 0, sizes=BATCHES) -> list[dict]:
+    """np.take from RAM and the store's own gather (rows checked, and unchecked), per batch size."""
     ram = in_ram_table(db, table)
     store = TableStore(db, readonly=True)
-    reader = StoreReader(store)
+    reader, unchecked = StoreReader(store), StoreReader(store, verify_rows=False)
     rows = []
     try:
-        for size in BATCHES:
+        for size in sizes:
             ids = batches(len(ram), size, 64, seed + size)
             ram_result = measure(lambda x: np.take(ram, x, axis=0), ids, duration_s)
             store_result = measure(lambda x: reader.lookup(table, 0, x), ids, duration_s)
-            for path, result in (("in-ram np.take", ram_result), ("store gather", store_result)):
+            raw_result = measure(lambda x: unchecked.lookup(table, 0, x), ids, duration_s)
+            for path, result in (("in-ram np.take", ram_result), ("store gather", store_result),
+                                 ("store gather, rows unchecked", raw_result)):
                 rows.append({"bench": "floor", "path": path, "row_bytes": int(ram.shape[1]), "batch_rows": size,
                              **result, "ratio_to_floor": result["rows_per_s"] / ram_result["rows_per_s"]})
     finally:
         reader.close()
+        unchecked.close()
         store.close()
     return rows
 

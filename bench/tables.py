@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from memory_service import row_check
 from memory_service.checkpoint import RandomRows
 from memory_service.loader import load_layer
 from memory_service.reader import StoreReader
@@ -19,14 +20,17 @@ CONFIGS = {
 
 
 def _stale(path: Path) -> bool:
-    """A store written before chunk maps existed: its reader reads every chunk to place it, and the
-    map's pages end up 4 KiB-mapped, so it would not measure what the service does today."""
+    """A store written before chunk maps existed (its reader reads every chunk to place it, and the
+    map's pages end up 4 KiB-mapped) or before per-row checksums (it is not served): either would
+    not measure what the service does today."""
     if not (path / "data.mdb").is_file():
         return False
     store = TableStore(path, readonly=True)
     try:
         if not store.current_version("layer1"):
             return False
+        if store.manifest("layer1").row_check != row_check.FORMAT:
+            return True
         with StoreReader(store, huge_pages="off").snapshot() as snap:
             return snap.view("layer1", 0).chunks_read > 0
     finally:

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import lmdb
 from tqdm import tqdm
 
 from model_client.config import ROW_DTYPES, EngramConfig
@@ -18,7 +19,7 @@ from model_client.row_format import RowFormat
 
 from .checkpoint import DEFAULT_TENSOR, CheckpointRows, RandomRows
 from .manifest import TableManifest, table_name
-from .store import TableStore, chunk_rows_for
+from .store import StoreError, TableStore, chunk_rows_for
 
 PREFETCH_CHUNKS = 3
 
@@ -54,11 +55,28 @@ def load_layer(store: TableStore, config: EngramConfig, layer_id: int, source, t
                     futures.append(pool.submit(encoded, index + PREFETCH_CHUNKS))
                 futures[index] = None  # let the chunk's bytes go once written
                 yield chunk
-        store.write_chunks(manifest, ordered_chunks(), progress=bar.update)
+        try:
+            store.write_chunks(manifest, ordered_chunks(), progress=bar.update)
+        except StoreError as e:
+            raise _abandoned(store, manifest, e) from None
     store.finish(manifest.table, manifest.version)
     if publish:
         store.publish(manifest.table, manifest.version)
     return store.manifest(manifest.table, manifest.version)
+
+
+def _abandoned(store: TableStore, manifest: TableManifest, error: StoreError) -> StoreError:
+    """The failed load's error, after dropping its partial version (what was published before
+    keeps serving); if even the drop fails (a full disk can refuse that too), say how to finish it."""
+    try:
+        store.drop(manifest.table, manifest.version)
+        what = f"the partial {manifest.table} v{manifest.version} was dropped"
+    except (StoreError, lmdb.Error):
+        what = (f"the partial {manifest.table} v{manifest.version} is left as loading: remove it with "
+                f"`engram-memory drop --db {store.path} --table {manifest.table} --version {manifest.version}`")
+    current = store.current_version(manifest.table)
+    serving = f"v{current} keeps serving" if current else "no version of it was published before"
+    return StoreError(error.code, f"{error}; {what}; {serving}")
 
 
 @dataclass

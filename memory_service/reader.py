@@ -151,7 +151,9 @@ class TableView:
         return self._verified(local, out)
 
     def _verified(self, local: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """`out` if every row's bytes match the sum stored with it (row_check.py); DATA_LOSS otherwise."""
+        """`out` if every row's bytes match the sum stored with it (row_check.py); DATA_LOSS otherwise.
+        `out` may be a client's segment, which its owner can change under us: rows that fail there
+        are read again from the store into memory of ours, so only damage in the store is DATA_LOSS."""
         if not self.verify or not len(local):
             return out
         chunk = local >> self.shift
@@ -159,6 +161,11 @@ class TableView:
         bad = np.flatnonzero(stored != row_check.row_sums(out, local, self.salt))
         if not len(bad):
             return out
+        again = self.rows[self._offsets(local[bad])].view(np.uint8).reshape(len(bad), self.manifest.row_bytes)
+        bad = bad[row_check.row_sums(again, local[bad], self.salt) != stored[bad]]
+        if not len(bad):
+            raise StoreError("ABORTED", f"the rows of table {self.manifest.table} changed in their destination "
+                             "while being written (another writer of the client's segment?): retry")
         m = self.manifest
         row = int(local[bad[0]])
         first = (row >> self.shift) << self.shift
@@ -237,11 +244,7 @@ class StoreReader:
                 self._checked = 0.0
             self._maybe_refresh()
             snap = self._snapshot
-            size = os.fstat(self._file).st_size
-            if size < snap.limit:
-                raise StoreError("DATA_LOSS", f"{self.store.path / 'data.mdb'} shrank to {size} B while "
-                                 f"serving; its LMDB pages need {snap.limit} B: nothing more is read from it. "
-                                 "Restore the file and restart the server")
+            self._check_size(snap.limit)
             snap.users += 1
         try:
             yield snap
@@ -250,6 +253,18 @@ class StoreReader:
                 snap.users -= 1
                 if snap.retired and snap.users == 0:
                     snap.close()
+
+    def _check_size(self, limit: int) -> None:
+        size = os.fstat(self._file).st_size
+        if size < limit:
+            raise StoreError("DATA_LOSS", f"{self.store.path / 'data.mdb'} shrank to {size} B while serving; "
+                             f"its LMDB pages need {limit} B: nothing more is read from it. Restore the file "
+                             "and restart the server")
+
+    def check_file(self) -> None:
+        """DATA_LOSS if data.mdb lost pages the current snapshot uses: call before any read of the
+        store (its catalog too), since touching a lost page through the map kills the process."""
+        self._check_size(self._snapshot.limit)
 
     def _maybe_refresh(self) -> None:
         now = time.monotonic()

@@ -190,7 +190,7 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     from .reader import StoreReader
     from .registry import add_to_server
     from .servicer import AdminServicer, MemoryServicer
-    from .store import TableStore
+    from .store import StoreError, TableStore
 
     from model_client.malloc import keep_large_buffers, trim
 
@@ -249,12 +249,18 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
             srv.start()
     ready.put(os.getpid())
     log(logger, logging.INFO, "worker serving", port=port, db=cfg.db)
-    trimmed = time.monotonic()
+    trimmed, serving_error = time.monotonic(), ""
     while not stop.wait(0.5):  # SERVING once at least one table is published and readable
         if cfg.trim_s and time.monotonic() - trimmed >= cfg.trim_s:
             trim()
             trimmed = time.monotonic()
-        serving = any(store.current_version(t) for t in {m.table for m in store.manifests()})
+        try:  # a store that lost pages is not read again (that would kill this process): NOT_SERVING
+            reader.check_file()
+            serving = any(store.current_version(t) for t in {m.table for m in store.manifests()})
+        except StoreError as e:
+            if serving_error != str(e):
+                log(logger, logging.ERROR, "store damaged; not serving", error=str(e))
+            serving, serving_error = False, str(e)
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", names[0]):
             health_servicer.set(name, status)

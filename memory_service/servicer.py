@@ -91,6 +91,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def known_tables(self) -> set[str]:
         """Table names for metric labels, re-read at most every 5 s."""
         if time.monotonic() - self._tables_at > 5:
+            self.reader.check_file()
             self._tables = {m.table for m in self.store.manifests()}
             self._tables_at = time.monotonic()
         return self._tables
@@ -189,6 +190,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
 
     def ListTables(self, request, context):
         with _Rpc("ListTables", context, self.known_tables):
+            self.reader.check_file()
             tables = sorted({m.table for m in self.store.manifests()})
             infos = []
             for table in tables:
@@ -199,6 +201,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def DescribeTable(self, request, context):
         with _Rpc("DescribeTable", context, self.known_tables) as call:
             call.label(checked_table_name(request.table))
+            self.reader.check_file()
             return self._info(self.store.manifest(request.table, request.version))
 
     def Stats(self, request, context):

@@ -229,9 +229,24 @@ class TableStore:
             self._bump_rows_written(txn, manifest, pending_rows)
             txn.commit()
             self._record_pages(keys)
+        except lmdb.Error as e:  # LMDB reports a full disk as EIO from its commit's writes
+            txn.abort()
+            raise self._write_error(manifest, e) from None
         except BaseException:
             txn.abort()
             raise
+
+    def _write_error(self, manifest: TableManifest, error: lmdb.Error) -> StoreError:
+        """A failed write as one line naming the store, and, when the disk is full, the bytes needed."""
+        import shutil
+        free = shutil.disk_usage(self.path).free
+        rows_left = manifest.stored_rows - manifest.rows_written
+        need = row_check.value_bytes(rows_left, manifest.row_bytes) + 4 * self.env.stat()["psize"]
+        if free < max(need, 64 << 20) or "Input/output" in str(error) or "No space" in str(error):
+            return StoreError("RESOURCE_EXHAUSTED", f"the disk holding {self.path} is full ({free / 2**20:,.1f} MiB "
+                              f"free): {manifest.table} v{manifest.version} needs about {need / 2**20:,.1f} MiB more "
+                              f"for its last {rows_left:,} rows ({error})")
+        return StoreError("INTERNAL", f"writing {manifest.table} v{manifest.version} into {self.path} failed: {error}")
 
     def _record_pages(self, keys: list[bytes]) -> None:
         """Note where just-committed chunks live in the file (their pages are still cached, so the

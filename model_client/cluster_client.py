@@ -3,9 +3,10 @@
 The same `lookup(table, row_ids, out=)` as MemoryClient. A batch is split by shard with one
 `searchsorted` over the shard boundaries (memory_service/cluster.py), every shard's part is sent at
 once, and the answers are scattered back into request order. Within a shard, calls rotate over the
-replicas; a replica that fails (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED) is
-left for the next one, each try bounded by `try_timeout_s`, until the request's deadline: then the
-lookup raises, naming the shard and what each replica said. Other statuses (a bad id, an unknown
+replicas; a replica that fails (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED, or
+DATA_LOSS: its copy of those rows is damaged) is left for the next one, each try bounded by
+`try_timeout_s`, until the request's deadline: then the lookup raises, naming the shard and what
+each replica said; when every replica answered DATA_LOSS it raises DATA_LOSS at once. Other statuses (a bad id, an unknown
 table) are the caller's error and raise at once. Every replica's manifest must say it holds that
 shard of that many, so a misconfigured replica can never return another shard's rows.
 """
@@ -27,7 +28,7 @@ from memory_service.manifest import TableManifest, shard_bounds
 from .memory_client import MemoryClient, MemoryServiceError, checked_row_ids, checked_tables
 
 FAILOVER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-            grpc.StatusCode.RESOURCE_EXHAUSTED)
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS)
 FAILOVERS = Counter("engram_client_failovers", "shard requests retried on another replica", ["shard"])
 SHARD_ERRORS = Counter("engram_client_shard_errors", "shard requests no replica answered", ["shard"])
 
@@ -117,7 +118,7 @@ class ClusterClient:
         up = [i for i in range(len(replicas)) if self._down_until[shard][i] <= now]
         turn = next(self._turn[shard])
         first = up[turn % len(up)] if up else turn  # rotate over the replicas not known to be down
-        failed_at, errors, attempt = None, [], 0
+        failed_at, errors, attempt, damaged = None, [], 0, set()
         with self._lock:
             self.stats.requests += 1
         while True:
@@ -130,6 +131,15 @@ class ClusterClient:
                     raise
                 index = (first + attempt) % len(replicas)
                 errors.append(f"{self.cluster.shards[shard][index]}: {e}")
+                if e.code == grpc.StatusCode.DATA_LOSS:
+                    damaged.add(index)
+                    damage = errors[-1]
+                    if len(damaged) == len(replicas):  # no replica holds good rows: waiting will not help
+                        with self._lock:
+                            self.stats.failed += 1
+                        SHARD_ERRORS.labels(str(shard)).inc()
+                        raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"shard {shard}: every replica's "
+                                                 f"rows are damaged ({'; '.join(errors[-len(replicas):])})") from None
                 self._down_until[shard][index] = time.monotonic() + self.cooldown_s
                 failed_at = failed_at or time.monotonic()
                 attempt += 1
@@ -137,6 +147,9 @@ class ClusterClient:
                     with self._lock:
                         self.stats.failed += 1
                     SHARD_ERRORS.labels(str(shard)).inc()
+                    if damaged:  # the replicas that answered hold damaged rows; the others did not answer
+                        raise MemoryServiceError(grpc.StatusCode.DATA_LOSS, f"shard {shard}: no replica served "
+                                                 f"good rows within {self.timeout_s} s; damaged: {damage}") from None
                     raise MemoryServiceError(grpc.StatusCode.UNAVAILABLE, f"shard {shard}: no replica answered "
                                              f"within {self.timeout_s} s ({len(errors)} tries; last: "
                                              f"{'; '.join(errors[-len(replicas):])})") from None
