@@ -71,6 +71,12 @@ BENCHES = {
                  "ClusterClient and checking every row against the source, one replica killed with "
                  "SIGKILL every --kill-every-s and restarted: requests, failed requests, wrong rows, "
                  "failovers, worst failover latency, resident memory at start and end."),
+    "load": ("bench.load:LoadBenchConfig", "bench.load:run",
+             "many clients at once: calls lost, wrong rows, streams turned away",
+             "MemoryClients (each with several channels and lookup streams) spread over client processes, "
+             "looking up random rows of a real table in a loop, every row checked: calls, lost calls, "
+             "wrong rows, latency, and how many streams the server replaced or refused. Exit 1 if any "
+             "call was lost."),
     "scale": ("bench.scale:ScaleBenchConfig", "bench.scale:run",
               "the service as the table outgrows RAM: throughput, latency, disk reads",
               "Tables of growing size (default 1 to 32 GiB) served from a cold page cache to clients "
