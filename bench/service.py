@@ -39,6 +39,7 @@ class ServiceBenchConfig:
                 "(off: `serve --no-verify-rows`), to measure what the check costs"})
     target: str = field(default="", metadata={
         "help": "measure a running service at host:port instead (its published tables; no floors)"})
+    token_file: str = field(default="", metadata={"help": "with --target: file holding the service's read token"})
     db: str = field(default="", metadata={
         "help": "store to build the benchmark tables in (reused if present; default: a temporary one)"})
     out: str = field(default="bench/results/service.json", metadata={"help": "JSON output path"})
@@ -56,11 +57,11 @@ class ServiceBenchConfig:
             raise ValueError(f"ServiceBenchConfig.transports must list grpc and/or shm (got {self.transports})")
 
 
-def _client(target, table, size, num_rows, duration_s, seed, start_at, results, shm=False):
+def _client(target, table, size, num_rows, duration_s, seed, start_at, results, shm=False, token=None):
     """One client process: lookups of one batch size until the deadline; reports its latencies."""
     from model_client import MemoryClient
     ids = floors_mod.batches(num_rows, size, 32, seed)
-    with MemoryClient(target, channels=4, shared_memory=shm) as client:
+    with MemoryClient(target, channels=4, shared_memory=shm, token=token) as client:
         if shm and client._arena is None:
             raise RuntimeError("shared memory was asked for but is not available")
         for x in ids[:4]:
@@ -78,12 +79,12 @@ def _client(target, table, size, num_rows, duration_s, seed, start_at, results, 
         results.put((rows, time.perf_counter() - t_start, latencies))
 
 
-def measure_service(target, table, size, num_rows, clients, duration_s, shm: bool = False) -> dict:
+def measure_service(target, table, size, num_rows, clients, duration_s, shm: bool = False, token=None) -> dict:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     start_at = time.time() + 3.0 + 0.5 * clients  # every client connected and warm before the clock starts
     procs = [ctx.Process(target=_client, args=(target, table, size, num_rows, duration_s, 100 + c, start_at,
-                                               results, shm)) for c in range(clients)]
+                                               results, shm, token)) for c in range(clients)]
     for p in procs:
         p.start()
     answers = [results.get(timeout=120) for _ in procs]
@@ -116,8 +117,10 @@ def _start_server(db: str, workers: int, *flags: str) -> tuple[subprocess.Popen,
 
 def run_against(cfg: ServiceBenchConfig) -> int:
     """Lookups against a running service (e.g. docker-compose's): every published table."""
+    from memory_service.auth import read_secret
     from model_client import MemoryClient
-    with MemoryClient(cfg.target) as client:
+    token = read_secret(cfg.token_file, "--token-file") or None
+    with MemoryClient(cfg.target, token=token) as client:
         tables = client.tables()
     if not tables:
         raise ValueError(f"the service at {cfg.target} has no published tables")
@@ -125,7 +128,8 @@ def run_against(cfg: ServiceBenchConfig) -> int:
     for manifest in tables:
         for size in cfg.batches:
             for clients in cfg.clients:
-                result = measure_service(cfg.target, manifest.table, size, manifest.num_rows, clients, cfg.duration_s)
+                result = measure_service(cfg.target, manifest.table, size, manifest.num_rows, clients, cfg.duration_s,
+                                         token=token)
                 rows.append({"bench": "service", "path": f"grpc {cfg.target}, {clients} client process(es)",
                              "table": manifest.table, "row_bytes": manifest.row_bytes, "batch_rows": size,
                              "clients": clients, "table_rows": manifest.num_rows, **result, **info})

@@ -4,7 +4,8 @@
 #   1. a Docker engine (Debian's docker.io installed and dockerd started if none answers);
 #   2. a local base image: debootstrap Debian bookworm with Python 3.11, `docker import`ed;
 #   3. a wheelhouse of engram-memory and its dependencies (docker/build_wheelhouse.sh);
-#   4. build, `up --scale worker=2`, wait for the memory service's gRPC health check;
+#   4. build, `up --scale worker=2` (the loader loads through AdminService with the admin token), wait
+#      for the memory service's gRPC health check; a call without the admin token writes nothing;
 #   5. a worker reports rounds with rows served by the service and its hit rate;
 #   6. kill the memory-service container: the workers log a clear error; start it: they recover;
 #   7. tear everything down (containers, network, volume).
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 PROJECT=engram-smoke SMOKE_NAME=smoke
 source docker/smoke_setup.sh  # started, BASE_TAG, log(); engine, base image, wheelhouse
 
+docker/make_secrets.sh >/dev/null  # the read and admin tokens, compose secrets
 export ENGRAM_BASE_IMAGE=$BASE_TAG ENGRAM_TARGET=127.0.0.1:${ENGRAM_PORT:-50051} ENGRAM_ROUNDS=0
 compose=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker-compose.host.yml)
 cleanup() { "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
@@ -33,6 +35,27 @@ wait_healthy() {
 }
 wait_healthy
 log "memory service healthy"
+# closed by default: without a token nothing reads, with the read token nothing writes
+python3 - "$ENGRAM_TARGET" "$(cat docker/secrets/read_token)" <<'PY'
+import subprocess, sys
+target, token = sys.argv[1:]
+def call(method, metadata):
+    args = ["docker", "run", "--rm", "--network", "host", "--entrypoint", "/opt/engram/bin/python",
+            "engram-memory/service:" + __import__("os").environ.get("ENGRAM_TAG", "dev"), "-c",
+            "import grpc, sys; from protos import pb2\n"
+            f"ch = grpc.insecure_channel({target!r})\n"
+            "try:\n"
+            f"    ch.unary_unary({method!r})(pb2.DropVersionRequest(table='layer1', version=1, force=True).SerializeToString() if 'Drop' in {method!r} else b'', timeout=10, metadata={metadata!r})\n"
+            "    print('OK')\n"
+            "except grpc.RpcError as e:\n"
+            "    print(e.code().name)"]
+    return subprocess.run(args, capture_output=True, text=True).stdout.strip()
+checks = {"ListTables without a token": call("/engram_memory.v1.MemoryService/ListTables", None),
+          "DropVersion with the read token": call("/engram_memory.v1.AdminService/DropVersion", [("authorization", "Bearer " + token)]),
+          "ListTables with the read token": call("/engram_memory.v1.MemoryService/ListTables", [("authorization", "Bearer " + token)])}
+print("  " + "; ".join(f"{k}: {v}" for k, v in checks.items()))
+assert list(checks.values()) == ["UNAUTHENTICATED", "PERMISSION_DENIED", "OK"], checks
+PY
 
 workers=$("${compose[@]}" ps -q worker)
 wait_rounds 0

@@ -81,7 +81,15 @@ def _abandoned(store: TableStore, manifest: TableManifest, error: StoreError) ->
 
 @dataclass
 class LoadConfig:
-    db: str = field(default="", metadata={"required": True, "help": "LMDB table store directory (created if absent)"})
+    db: str = field(default="", metadata={"help": "LMDB table store directory (created if absent); or --target"})
+    target: str = field(default="", metadata={
+        "help": "load into a running memory service at host:port (or unix:PATH, its admin socket) through "
+                "its AdminService instead of into --db"})
+    token_file: str = field(default="", metadata={
+        "help": "with --target: file holding the service's admin token (its --admin-token-file)"})
+    tls_ca: str = field(default="", metadata={"help": "with --target: PEM CA that signed the service's certificate"})
+    wait_s: float = field(default=0.0, metadata={
+        "help": "with --target: keep trying this many seconds while the service is not up yet"})
     config: str = field(default="demo", metadata={
         "help": "EngramConfig preset (demo, paper-27b, paper-40b, deepseek-v4.1) or JSON file"})
     checkpoint: str = field(default="", metadata={
@@ -117,8 +125,13 @@ class LoadConfig:
         return index, count
 
     def __post_init__(self):
-        if not self.db:
-            raise ValueError("LoadConfig.db: name the table store directory (--db DIR)")
+        if bool(self.db) == bool(self.target):
+            raise ValueError("load: give exactly one of --db DIR (a store on this machine) or --target HOST:PORT "
+                             "(a running service)")
+        if self.target and not self.publish:
+            raise ValueError("load: --no-publish needs --db (a service finishes a version by publishing it)")
+        if (self.token_file or self.tls_ca or self.wait_s) and not self.target:
+            raise ValueError("load: --token-file, --tls-ca and --wait-s go with --target")
         if bool(self.checkpoint) == bool(self.random_init):
             raise ValueError("LoadConfig: give exactly one source, --from CKPT or --random-init")
         if self.dtype and self.dtype not in ROW_DTYPES:
@@ -148,7 +161,13 @@ def run_load(cfg: LoadConfig) -> int:
     if unknown:
         raise ValueError(f"LoadConfig.layers: {unknown} are not Engram layers of this config {config.layer_ids}")
     tokenizer = CompressedTokenizer(config.tokenizer)
-    store = TableStore(cfg.db, bulk=True, commit_bytes=cfg.commit_mb << 20)
+    if cfg.target:
+        from .auth import read_secret
+        from .remote_store import RemoteStore
+        store = RemoteStore(cfg.target, read_secret(cfg.token_file, "--token-file"), cfg.tls_ca, cfg.wait_s,
+                            commit_bytes=cfg.commit_mb << 20)
+    else:
+        store = TableStore(cfg.db, bulk=True, commit_bytes=cfg.commit_mb << 20)
     geometry = TableGeometry.from_config(config)
     try:
         for layer in layers:

@@ -26,6 +26,8 @@ class WorkerLoopConfig:
     cluster: str = field(default="", metadata={
         "help": "cluster config JSON of a sharded, replicated service (memory_service/cluster.py); "
                 "replaces --target"})
+    token_file: str = field(default="", metadata={
+        "help": "file holding the service's read token (its --token-file), sent with every call"})
     config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
     row_dtype: str = field(default="bfloat16", metadata={"help": "row dtype the tables were loaded with"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
@@ -78,11 +80,13 @@ def run(cfg: WorkerLoopConfig) -> int:
     config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
     tokenizer = get_compressed_tokenizer(config.tokenizer)
     hasher = NgramHasher(config, tokenizer)
+    from memory_service.auth import read_secret
+    token = read_secret(cfg.token_file, "--token-file") or None
     if cfg.cluster:
         from .cluster_client import ClusterClient
-        client = ClusterClient(cfg.cluster, timeout_s=10.0)
+        client = ClusterClient(cfg.cluster, timeout_s=10.0, token=token)
     else:
-        client = MemoryClient(cfg.target, timeout_s=10.0, retries=3)
+        client = MemoryClient(cfg.target, timeout_s=10.0, retries=3, token=token)
     while True:  # wait for the service and its tables, checking they fit this model
         try:
             client.check(config, tokenizer.sha256, tokenizer.num_compressed)
