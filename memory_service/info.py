@@ -63,6 +63,8 @@ def run_info(cfg: InfoConfig) -> int:
                   f"{m.stored_rows * m.row_bytes / 2**30:>7.2f} GiB  {m.checksum or '-':<34}{created:<18}{m.source}")
             if m.shards > 1:
                 print(f"    shard {m.shard} of {m.shards}: rows [{m.row_start:,}, {m.row_stop:,}) of {m.num_rows:,}")
+            if m.row_check != row_check.FORMAT:
+                print("    not served: stored without per-row checksums (engram-memory before 0.2); load it again")
             if cfg.verify and m.status != LOADING:
                 bad = verify(store, m)
                 failed += bool(bad)

@@ -17,6 +17,7 @@ from model_client.config import ROW_DTYPES, EngramConfig
 from model_client.geometry import TableGeometry
 from model_client.row_format import RowFormat
 
+from . import row_check
 from .checkpoint import DEFAULT_TENSOR, CheckpointRows, RandomRows
 from .manifest import TableManifest, table_name
 from .store import StoreError, TableStore, chunk_rows_for
@@ -176,8 +177,10 @@ def run_load(cfg: LoadConfig) -> int:
                 existing.check_compatible(config, tokenizer.sha256, tokenizer.num_compressed)
                 if existing.row_dtype != config.row_dtype:
                     raise ValueError(f"{existing.table} is published as {existing.row_dtype}, not {config.row_dtype}")
-                print(f"{existing.table} v{existing.version} is already published for this config: skipped")
-                continue
+                if existing.row_check == row_check.FORMAT:
+                    print(f"{existing.table} v{existing.version} is already published for this config: skipped")
+                    continue
+                print(f"{existing.table} v{existing.version} was stored without per-row checksums: loading it again")
             if cfg.checkpoint:
                 source = CheckpointRows(cfg.checkpoint, cfg.tensor.replace("{L}", str(layer)),
                                         geometry.rows(layer), config.head_dim)

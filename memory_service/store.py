@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import struct
 import zlib
 from pathlib import Path
@@ -29,33 +28,13 @@ from pathlib import Path
 import lmdb
 
 from . import chunk_map, row_check
+from .environment import DEFAULT_MAP_SIZE, open_env, write_error
+from .errors import StoreError, checked_table_name  # noqa: F401 (imported from here across the project)
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
 
-DEFAULT_MAP_SIZE = 1 << 40      # 1 TiB of address space; the file only grows as rows are written
 COMMIT_BYTES = 256 << 20         # bounds a load's dirty pages: one commit per 256 MiB of rows
 MAX_CHUNK_BYTES = 16 << 20
 DROPPING = "dropping"
-
-
-class StoreError(Exception):
-    """A request the store refuses; `code` is the gRPC status name that fits."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-
-
-def checked_table_name(name: str, field: str = "table") -> str:
-    """A table name from a request: 1-128 characters of [A-Za-z0-9_.-]. The refusal quotes at most
-    40 characters, so a huge name cannot turn an error into an oversized reply."""
-    if not TABLE_NAME.fullmatch(name):
-        shown = f"{name[:40]!r}{'...' if len(name) > 40 else ''} ({len(name)} characters)" if name else "empty"
-        raise StoreError("INVALID_ARGUMENT", f"{field} must be 1-128 characters of letters, digits, '_', '.' "
-                         f"or '-', e.g. layer1; got {shown}")
-    return name
 
 
 def chunk_rows_for(row_bytes: int) -> int:
@@ -88,40 +67,6 @@ def _named_version(action: str, table: str, version: int) -> None:
     if version < 1:
         raise StoreError("INVALID_ARGUMENT", f"{action} of table {table!r} needs a version >= 1 "
                          f"(got {version}); `info` lists the versions")
-
-
-def open_env(path: str | os.PathLike, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE,
-             bulk: bool = False) -> lmdb.Environment:
-    """Open (or create) the environment. Never share one across fork: open it in each process.
-
-    bulk: skip the meta-page fsync at each commit (LMDB's NOMETASYNC: a system crash may undo the
-    last commits but never corrupts the store). Loads sync once before they publish; measured
-    290 -> 630 MiB/s for a demo-table load on this machine's disk."""
-    path = Path(path)
-    if readonly and not (path / "data.mdb").is_file():
-        raise StoreError("NOT_FOUND", f"no table store at {path} (expected {path / 'data.mdb'})")
-    if not readonly:
-        path.mkdir(parents=True, exist_ok=True)
-    # readahead off: rows are read at random, and readahead would evict hot pages for tables > RAM.
-    try:
-        env = lmdb.open(str(path), map_size=map_size, max_dbs=4, max_readers=1024, readonly=readonly,
-                        readahead=False, lock=True, subdir=True, metasync=not bulk)
-    except lmdb.Error as e:
-        raise StoreError("DATA_LOSS", f"{path / 'data.mdb'} cannot be opened as an LMDB table store: {e}") from None
-    env.reader_check()  # clear reader slots left by killed processes
-    check_file_size(env, path)
-    return env
-
-
-def check_file_size(env: lmdb.Environment, path: Path) -> None:
-    """Refuse a data.mdb shorter than the pages its meta page says are in use: reading a row from
-    the missing part through the memory map would kill the reading process (SIGBUS)."""
-    in_use = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-    size = (path / "data.mdb").stat().st_size
-    if size < in_use:
-        env.close()
-        raise StoreError("DATA_LOSS", f"{path / 'data.mdb'} is truncated: it has {size} B, but its LMDB meta "
-                         f"page says {in_use} B are in use. Restore it from a copy or load the tables again")
 
 
 class TableStore:
@@ -231,22 +176,10 @@ class TableStore:
             self._record_pages(keys)
         except lmdb.Error as e:  # LMDB reports a full disk as EIO from its commit's writes
             txn.abort()
-            raise self._write_error(manifest, e) from None
+            raise write_error(self.path, self.env, manifest, e) from None
         except BaseException:
             txn.abort()
             raise
-
-    def _write_error(self, manifest: TableManifest, error: lmdb.Error) -> StoreError:
-        """A failed write as one line naming the store, and, when the disk is full, the bytes needed."""
-        import shutil
-        free = shutil.disk_usage(self.path).free
-        rows_left = manifest.stored_rows - manifest.rows_written
-        need = row_check.value_bytes(rows_left, manifest.row_bytes) + 4 * self.env.stat()["psize"]
-        if free < max(need, 64 << 20) or "Input/output" in str(error) or "No space" in str(error):
-            return StoreError("RESOURCE_EXHAUSTED", f"the disk holding {self.path} is full ({free / 2**20:,.1f} MiB "
-                              f"free): {manifest.table} v{manifest.version} needs about {need / 2**20:,.1f} MiB more "
-                              f"for its last {rows_left:,} rows ({error})")
-        return StoreError("INTERNAL", f"writing {manifest.table} v{manifest.version} into {self.path} failed: {error}")
 
     def _record_pages(self, keys: list[bytes]) -> None:
         """Note where just-committed chunks live in the file (their pages are still cached, so the

@@ -87,13 +87,19 @@ def table_store_path(data_dir: str, config: EngramConfig) -> Path:
 
 def ensure_tables(config: EngramConfig, db: Path, tokenizer) -> None:
     """Load the config's tables with the seeded random init (seed = config.seed) unless published."""
+    from memory_service import row_check
     from memory_service.checkpoint import RandomRows
     from memory_service.loader import load_layer
     from memory_service.store import TableStore
     store = TableStore(db, bulk=True)
     try:
         for layer in config.layer_ids:
-            if not store.current_version(f"layer{layer}"):
+            current = store.current_version(f"layer{layer}")
+            if current and store.manifest(f"layer{layer}").row_check != row_check.FORMAT:
+                print(f"table layer{layer} in {db} was stored without per-row checksums: loading it again",
+                      flush=True)
+                current = 0
+            if not current:
                 print(f"creating table layer{layer} in {db} (seeded random rows, once) ...", flush=True)
                 load_layer(store, config, layer, RandomRows(config.seed, layer, config.head_dim),
                            tokenizer.sha256, tokenizer.num_compressed)
