@@ -23,7 +23,10 @@ trap cleanup EXIT
 log "building images"
 "${compose[@]}" build >/tmp/engram-smoke-build.log 2>&1 || { tail -30 /tmp/engram-smoke-build.log; exit 1; }
 log "up, 2 workers"
-"${compose[@]}" up -d --scale worker=2 >/tmp/engram-smoke-up.log 2>&1 || { tail -30 /tmp/engram-smoke-up.log; exit 1; }
+"${compose[@]}" up -d --scale worker=2 >/tmp/engram-smoke-up.log 2>&1 || {
+  tail -30 /tmp/engram-smoke-up.log
+  for s in loader memory; do echo "--- $s"; "${compose[@]}" logs --tail 20 "$s"; done
+  exit 1; }
 
 memory=$("${compose[@]}" ps -q memory)
 wait_healthy() {

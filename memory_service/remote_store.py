@@ -73,9 +73,11 @@ class RemoteStore:
 
     def write_chunks(self, manifest: TableManifest, chunks, progress=None) -> None:
         """One WriteRows stream per ~commit_bytes of whole chunks (the server buffers a chunk at most)."""
-        def stream(first):
+        chunks, more = iter(chunks), [True]
+
+        def stream():
             pending = 0
-            for index, rows in first:
+            for index, rows in chunks:  # a plain loop: ending this stream must not close `chunks`
                 yield pb2.WriteRowsRequest(table=manifest.table, version=manifest.version,
                                            start_row=index * manifest.chunk_rows, rows=rows)
                 if progress is not None:
@@ -83,12 +85,9 @@ class RemoteStore:
                 pending += len(rows)
                 if pending >= self.commit_bytes:
                     return
-        chunks = iter(chunks)
-        while True:
-            head = next(chunks, None)
-            if head is None:
-                return
-            self._call(self._admin.WriteRows, stream(_chain(head, chunks)), f"WriteRows {manifest.table}")
+            more[0] = False
+        while more[0]:
+            self._call(self._admin.WriteRows, stream(), f"WriteRows {manifest.table}")
 
     def finish(self, table: str, version: int) -> TableManifest:
         return self.manifest(table, version)  # Publish finishes (checks and seals) the version itself
@@ -105,8 +104,3 @@ class RemoteStore:
     def close(self) -> None:
         self._channel.close()
 
-
-def _chain(head, rest):
-    """head, then items of `rest` (a shared iterator: each WriteRows stream takes what it sends)."""
-    yield head
-    yield from rest

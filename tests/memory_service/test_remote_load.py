@@ -11,7 +11,7 @@ from model_client.table_init import seeded_rows
 
 from ..served import EXE, Server
 
-CONFIG = ('{"engram_vocab_size": [3000, 3000], "n_embed_per_ngram": 80, "n_head_per_ngram": 2, '
+CONFIG = ('{"engram_vocab_size": [30000, 30000], "n_embed_per_ngram": 80, "n_head_per_ngram": 2, '
           '"layer_ids": [1, 2], "hidden_size": 32, "hc_mult": 1, "row_dtype": "bfloat16"}')
 
 
