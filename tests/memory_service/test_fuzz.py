@@ -3,7 +3,7 @@ no crash, only the statuses a client can act on, right rows whenever a lookup su
 server still serves afterwards. Admin calls go to the server's local admin socket (the data port
 refuses them: PERMISSION_DENIED). CI runs ENGRAM_FUZZ_EXAMPLES (default 150) cases per property;
 `ENGRAM_FUZZ_SLOW=1 pytest -m slow tests/memory_service/test_fuzz.py` runs 3,400 per property
-(10,200 in all)."""
+(12,466 in all)."""
 import os
 
 import grpc
@@ -142,7 +142,7 @@ def test_every_rpc_survives_malformed_and_adversarial_requests(fuzz_server):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ENGRAM_FUZZ_SLOW") != "1", reason="10,200 cases: set ENGRAM_FUZZ_SLOW=1")
+@pytest.mark.skipif(os.environ.get("ENGRAM_FUZZ_SLOW") != "1", reason="12,466 cases: set ENGRAM_FUZZ_SLOW=1")
 def test_ten_thousand_cases(fuzz_server):
     server, channel, admin_channel = fuzz_server
     before = COUNT["cases"]
