@@ -106,8 +106,8 @@ class ChannelPool:
     def send_all(self, requests: list, first: int, timeout_s: float, retry_request=None) -> list:
         """Send request i on channel first + i's stream (or as a unary call while the server has no
         room for a stream), all at once; wait for every answer. A request whose stream broke, or
-        that the server turned away, is sent again as a unary call (retry_request(i) builds it: e.g.
-        without the shared-memory segment); one request's own error raises for it alone."""
+        that the server turned away, is sent again as a unary call (retry_request(i, code) builds it:
+        e.g. without the shared-memory segment); one request's own error raises for it alone."""
         started = time.monotonic()
         left = lambda: max(0.001, timeout_s - (time.monotonic() - started))  # noqa: E731
         futures = [self.streams[(first + i) % len(self.streams)].submit(r) for i, r in enumerate(requests)]
@@ -126,7 +126,7 @@ class ChannelPool:
             except grpc.RpcError as e:
                 if not retryable(e, STREAM_RETRYABLE):
                     raise MemoryServiceError(e.code(), f"Lookup (table {table}): {e.details()}") from None
-                again = retry_request(i) if retry_request else request
+                again = retry_request(i, e.code()) if retry_request else request
                 answers.append(self.call("Lookup", again, left(), first + i + 1))
         return answers
 

@@ -275,8 +275,11 @@ class MemoryClient:
                 r.segment_offset = offsets[i]
             return r
 
-        def retry_without_segment(i: int):
-            if segment is not None:
+        def retry_without_segment(i: int, code: grpc.StatusCode):
+            # A stream the server refused (RESOURCE_EXHAUSTED) never ran the request, and one it
+            # cancelled was idle or stalled sending: its rows were written already. A broken
+            # connection may leave a gather running: that segment must not be read again.
+            if segment is not None and code not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED):
                 self._local.retire = True
             return request(i, shared=False)
         return self._pool.send_all([request(i) for i in range(len(pieces))], first, self._timeout,
