@@ -14,6 +14,12 @@ What is refused, and why:
   (fstatfs) and carry F_SEAL_SHRINK and F_SEAL_SEAL, which an ordinary tmpfs file cannot;
 - a hugetlb memfd: writing into a hole punched in it would SIGBUS this process (tmpfs holes refill);
 - a segment that could shrink under a write (SIGBUS): the seal forbids it, for every process;
+- a segment whose pages its owner has not allocated: writing into it would charge the server's
+  memory for the client's segment (a 4 GiB sparse memfd cost its sender nothing); the owner
+  fallocates it before it hands it over, and the server never allocates client memory;
+- more than `max_peer_bytes` of segments per connection or `max_total_bytes` in this process (and
+  more than `max_per_peer` / `capacity` segments): the least recently used goes (its owner
+  re-registers), so holes punched into registered segments can cost the server a bounded amount;
 - the memfd of another process, reopened through /proc/PID/fd (possible for the same uid): refused
   when its inode is already registered here by another process (SO_PEERCRED of the socket peer);
 - more than `max_per_peer` segments per connection or `capacity` in all: the least recently used
@@ -53,6 +59,7 @@ ID_BYTES = 16
 HANDED = b"\x01"           # the byte that carries the fd
 TMPFS_MAGIC = 0x01021994   # memfd_create's files live on the kernel's internal tmpfs mount
 REQUIRED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)  # Linux 5.1; writes would fail
 # The client-side markers (MemoryClient matches them to re-register or fall back).
 UNKNOWN = "segment is not registered on this connection"
 DISABLED = "this server does not write into shared memory"
@@ -112,30 +119,35 @@ def _check_memfd(fd: int, max_bytes: int) -> int:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError:
         seals = 0
-    if seals & REQUIRED_SEALS != REQUIRED_SEALS or seals & fcntl.F_SEAL_WRITE:
+    if seals & REQUIRED_SEALS != REQUIRED_SEALS or seals & (fcntl.F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
         raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: the memfd's seals are {seals:#x}; it must carry "
-                         "F_SEAL_SHRINK and F_SEAL_SEAL (and not F_SEAL_WRITE), so it cannot shrink under a write")
+                         "F_SEAL_SHRINK and F_SEAL_SEAL, and no write seal, so it cannot shrink under a write")
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDWR:
+        raise StoreError("INVALID_ARGUMENT", "RegisterSegment: the memfd must be open for reading and writing")
     if not 4096 <= st.st_size <= max_bytes:
         raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: the memfd has {st.st_size} B; segments of "
                          f"4096 B to {max_bytes} B are accepted")
-    try:  # back every page now: a write then never needs memory the kernel cannot give
-        os.posix_fallocate(fd, 0, st.st_size)
-    except OSError as e:
-        raise StoreError("RESOURCE_EXHAUSTED", f"RegisterSegment: the memfd's {st.st_size} B cannot be "
-                         f"backed ({e.strerror})") from None
+    if st.st_blocks * 512 < st.st_size:
+        raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: {st.st_blocks * 512} of the memfd's {st.st_size} B "
+                         "are allocated: its owner must allocate the whole segment (fallocate) before handing it over")
     return st.st_size
 
 
 class SegmentTable:
     """This server process's registered segments, by id; one watcher thread drops closed ones."""
 
+    # A client thread's segment holds one lookup's rows: 16 MiB (65,536 rows of 256 B) by default,
+    # doubled as lookups grow; 1 GiB per segment and per connection, 4 GiB per server process.
     def __init__(self, enabled: bool = True, capacity: int = 256, max_per_peer: int = 32,
-                 max_bytes: int = 4 << 30, connect_timeout_s: float = 2.0):
+                 max_bytes: int = 1 << 30, max_peer_bytes: int = 1 << 30, max_total_bytes: int = 4 << 30,
+                 connect_timeout_s: float = 0.5, registrations: int = 8):
         self.enabled, self.capacity, self.max_per_peer = enabled, capacity, max_per_peer
-        self.max_bytes, self.connect_timeout_s = max_bytes, connect_timeout_s
+        self.max_bytes, self.max_peer_bytes, self.max_total_bytes = max_bytes, max_peer_bytes, max_total_bytes
+        self.connect_timeout_s = connect_timeout_s
         self._segments: OrderedDict[bytes, _Segment] = OrderedDict()
         self._lock = threading.Lock()
-        self._registering = threading.BoundedSemaphore(4)  # a stalling client holds one thread, briefly
+        # a client that connects and then stalls holds one thread for connect_timeout_s at most
+        self._registering = threading.BoundedSemaphore(registrations)
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="segment-watcher")
         self._watcher.start()
@@ -152,8 +164,8 @@ class SegmentTable:
         if len(secret) != SECRET_BYTES:
             raise StoreError("INVALID_ARGUMENT", f"secret has {len(secret)} bytes; it must have {SECRET_BYTES}")
         if not self._registering.acquire(blocking=False):
-            raise StoreError("RESOURCE_EXHAUSTED", "RegisterSegment: 4 registrations are in progress in this "
-                             "server process; retry")
+            raise StoreError("RESOURCE_EXHAUSTED", "RegisterSegment: every registration slot of this server "
+                             "process is busy; retry")
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             sock.settimeout(self.connect_timeout_s)
@@ -172,7 +184,11 @@ class SegmentTable:
                 try:
                     size = _check_memfd(fd, self.max_bytes)
                     st = os.fstat(fd)
-                    memory = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                    try:
+                        memory = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                    except OSError as e:
+                        raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: the memfd cannot be mapped for "
+                                         f"writing ({e.strerror})") from None
                 finally:
                     os.close(fd)
                 return self._add(peer, peer_pid(sock), (st.st_dev, st.st_ino), memory, sock), size
@@ -190,10 +206,13 @@ class SegmentTable:
                     logger.warning("refused a segment of process %d offered by process %d", other.owner_pid, pid)
                     raise StoreError("PERMISSION_DENIED", "RegisterSegment: this memfd is registered here by "
                                      "another process: only its owner may hand it over")
+            size = len(memory)
             mine = [k for k, s in self._segments.items() if s.peer == peer]
-            while len(mine) >= self.max_per_peer:
+            while mine and (len(mine) >= self.max_per_peer or
+                            sum(len(self._segments[k].memory) for k in mine) + size > self.max_peer_bytes):
                 self._drop(mine.pop(0))
-            while len(self._segments) >= self.capacity:
+            while self._segments and (len(self._segments) >= self.capacity or
+                                      sum(len(s.memory) for s in self._segments.values()) + size > self.max_total_bytes):
                 self._drop(next(iter(self._segments)))
             segment_id = secrets.token_bytes(ID_BYTES)
             tether.setblocking(False)

@@ -176,7 +176,13 @@ def serve(cfg: ServiceConfig) -> int:
     if cfg.create:
         from .store import TableStore
         TableStore(cfg.db).close()
+    from .auth import read_secret
+    from .store import StoreError
     from .store_check import check_store
+    read, admin = read_secret(cfg.token_file, "--token-file"), read_secret(cfg.admin_token_file, "--admin-token-file")
+    if read and read == admin:
+        raise ValueError("--token-file and --admin-token-file hold the same token: every reader could then "
+                         "administer the tables. Give the admin token its own secret")
     for warning in check_store(cfg.db):  # a damaged store raises here, before any worker starts
         log(logger, logging.WARNING, "version not served", reason=warning)
     if cfg.cluster:  # a store holding another shard would serve rows nobody asked it for
@@ -191,7 +197,7 @@ def serve(cfg: ServiceConfig) -> int:
     from . import metrics
     ctx = mp.get_context("spawn")  # fresh interpreters: no grpc or LMDB state crosses a fork
     ready = ctx.Queue()
-    stopping = threading.Event()
+    stopping, damaged = threading.Event(), ""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     with _reserve_port(cfg.host, cfg.port) as port, ExitStack() as held:
@@ -212,6 +218,13 @@ def serve(cfg: ServiceConfig) -> int:
                 if not p.is_alive() and not stopping.is_set():
                     log(logger, logging.ERROR, "worker died; restarting", pid=p.pid, exitcode=p.exitcode)
                     metrics.worker_exited(p.pid)
+                    try:  # a store damaged under the workers (truncated) would kill every restart too
+                        check_store(cfg.db)
+                    except StoreError as e:
+                        log(logger, logging.ERROR, "store damaged; stopping", error=str(e))
+                        damaged = str(e)
+                        stopping.set()
+                        break
                     procs[i] = ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port, i),
                                            daemon=True)
                     procs[i].start()
@@ -227,4 +240,6 @@ def serve(cfg: ServiceConfig) -> int:
     log(logger, logging.INFO, "stopped")
     import shutil
     shutil.rmtree(metrics_dir, ignore_errors=True)
+    if damaged:
+        raise StoreError("DATA_LOSS", damaged)
     return 0

@@ -21,6 +21,7 @@ from . import metrics, wire
 from .logs import log
 from .manifest import TableManifest
 from .reader import StoreReader
+from .response_budget import ResponseBudget
 from .segments import SegmentTable
 from .store import StoreError, TableStore, checked_table_name
 from .stream_governor import StreamGovernor
@@ -78,8 +79,11 @@ class _Rpc:
 
 class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def __init__(self, store: TableStore, reader: StoreReader, max_request_rows: int, max_message_bytes: int,
-                 shared_memory: bool = True, max_streams: int = 48):
+                 shared_memory: bool = True, max_streams: int = 48, budget: ResponseBudget | None = None):
         self.store, self.reader = store, reader
+        # answers not yet sent: by default one of the largest per connection, two per process
+        # (gRPC holds a second copy of an answer while it sends it: RSS can reach twice this)
+        self.budget = budget or ResponseBudget(2 * max_message_bytes, max_message_bytes)
         self.segments = SegmentTable(enabled=shared_memory)
         self.streams = StreamGovernor(max_streams, on_event=lambda r: metrics.STREAMS_EVICTED.labels(r).inc())
         self.max_request_rows, self.max_message_bytes = max_request_rows, max_message_bytes
@@ -97,8 +101,9 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
         return self._tables
 
     # ---- lookups ------------------------------------------------------------------------------------
-    def _rows(self, request, peer: str, call: _Rpc) -> bytes:
-        """A serialized LookupResponse (see wire.py; registry.py sends it as it is); StoreError if refused."""
+    def _rows(self, request, peer: str, call: _Rpc, hold) -> bytes:
+        """A serialized LookupResponse (see wire.py; registry.py sends it as it is); StoreError if refused.
+        hold(release): what to do with the budget reservation of an answer carrying rows."""
         checked_table_name(request.table)
         call.label(request.table)
         size = len(request.row_ids)
@@ -131,6 +136,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                 data = wire.lookup_response(m.table, m.version, m.row_bytes, n, None, request.request_id,
                                             rows_in_shm=True)
             else:
+                hold(self.budget.reserve(peer, n * m.row_bytes))
                 data = wire.lookup_response(m.table, m.version, m.row_bytes, n,
                                             lambda out: view.gather_into(ids, out), request.request_id)
         metrics.ROWS.labels(call.rpc, call.table).inc(n)
@@ -143,7 +149,9 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
         self.counts["requests"] += 1
         try:
             with _Rpc("Lookup", context, self.known_tables) as call:
-                return self._rows(request, context.peer(), call)
+                # the reservation goes back when the call ends (its answer sent, or the call failed);
+                # at once if it has ended already (add_callback then refuses the callback)
+                return self._rows(request, context.peer(), call, lambda release: context.add_callback(release) or release())
         except BaseException:
             self.counts["errors"] += 1
             raise
@@ -153,7 +161,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
             stream = self.streams.admit(context.peer(), context)
         except StoreError as e:
             _abort(context, e.code, str(e))
-        peer = context.peer()
+        peer, held = context.peer(), []
         try:
             while True:
                 stream.waiting()
@@ -164,7 +172,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                 stream.working()
                 self.counts["requests"] += 1
                 with _Rpc("StreamLookup", context, self.known_tables, abort=False) as call:
-                    data = self._rows(request, peer, call)
+                    data = self._rows(request, peer, call, held.append)
                 if call.failure is not None:  # this request alone fails; the stream goes on
                     self.counts["errors"] += 1
                     code, message = call.failure
@@ -172,8 +180,12 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                                               error_code=getattr(grpc.StatusCode, code).value[0],
                                               error_message=message).SerializeToString()
                 stream.sending()
-                yield data
+                yield data  # returns once gRPC has sent it: its reservation goes back
+                while held:
+                    held.pop()()
         finally:
+            while held:
+                held.pop()()
             self.streams.release(stream)
 
     def RegisterSegment(self, request, context):

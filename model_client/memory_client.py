@@ -17,13 +17,14 @@ import grpc
 import numpy as np
 
 from memory_service import segments
-from memory_service.manifest import TableManifest, table_name
+from memory_service.manifest import TableManifest
 from protos import pb2
 
 from .channel_pool import ChannelPool, MemoryServiceError
 from .config import EngramConfig
 from .malloc import keep_large_buffers
 from .row_format import RowFormat
+from .row_ids import checked_row_ids, checked_tables, deduplicate
 from .shared_arena import SharedArena
 
 __all__ = ["MemoryClient", "MemoryServiceError", "checked_row_ids", "checked_tables", "deduplicate"]
@@ -32,43 +33,6 @@ __all__ = ["MemoryClient", "MemoryServiceError", "checked_row_ids", "checked_tab
 def _is_loopback(target: str) -> bool:
     host = target.rsplit(":", 1)[0].strip("[]") if not target.startswith("unix:") else "unix"
     return host in ("127.0.0.1", "localhost", "::1", "unix") or host.startswith("127.")
-
-
-def checked_row_ids(row_ids, manifest: TableManifest) -> np.ndarray:
-    """Any int array -> int64 [N]; an id outside the table raises, naming it and its position."""
-    ids = np.asarray(row_ids)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"row_ids must be integers; got dtype {ids.dtype}")
-    ids = ids.reshape(-1).astype(np.int64, copy=False)
-    if ids.size and (ids.min() < 0 or ids.max() >= manifest.num_rows):
-        position = int(np.flatnonzero((ids < 0) | (ids >= manifest.num_rows))[0])
-        raise ValueError(f"row_ids[{position}] = {int(ids[position])} is outside table {manifest.table} "
-                         f"v{manifest.version}'s rows [0, {manifest.num_rows})")
-    return ids
-
-
-def checked_tables(client, config: EngramConfig, tokenizer_sha256: str | None,
-                   compressed_vocab_size: int | None) -> dict[int, TableManifest]:
-    """{layer: the published manifest} from client.describe, each checked against the config
-    (MemoryClient and ClusterClient share it)."""
-    out = {}
-    for layer in config.layer_ids:
-        manifest = client.describe(table_name(layer), refresh=True)
-        manifest.check_compatible(config, tokenizer_sha256, compressed_vocab_size)
-        out[layer] = manifest
-    return out
-
-
-def deduplicate(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted unique ids, inverse) with unique[inverse] == ids; 1.5x faster than np.unique here."""
-    order = np.argsort(ids)
-    ordered = ids[order]
-    first = np.empty(len(ids), dtype=bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    inverse = np.empty(len(ids), dtype=np.int64)
-    inverse[order] = np.cumsum(first) - 1
-    return ordered[first], inverse
 
 
 class MemoryClient:
@@ -100,7 +64,7 @@ class MemoryClient:
         # Same host: rows come back through a segment of this client's own memory instead of the
         # transport (shared_memory=None: when every target is a loopback address). A server that
         # cannot or may not reach it answers FAILED_PRECONDITION and the client stops asking.
-        self._arena = None
+        self._arena, self._retired_arenas = None, []
         if shared_memory or (shared_memory is None and all(_is_loopback(t) for t in targets)):
             self._arena = SharedArena()
 
@@ -174,18 +138,20 @@ class MemoryClient:
 
     def _rotate(self) -> None:
         """A fresh segment for this thread; with no memory for one, the transport from now on."""
-        if self._arena is None:
+        arena = self._arena
+        if arena is None:
             return
         try:
-            self._arena.rotate()
+            arena.rotate()
         except OSError:
-            self._arena, arena = None, self._arena
-            arena.close()
+            self._stop_shared_memory()
 
     def _stop_shared_memory(self) -> None:
-        arena, self._arena = self._arena, None
-        if arena is not None:
-            arena.close()
+        """The transport from now on. Other threads may be reading their segments right now: the
+        arena closes with the client, not here."""
+        if self._arena is not None:
+            self._retired_arenas.append(self._arena)
+            self._arena = None
 
     def lookup_values(self, table: str, row_ids, version: int = 0) -> np.ndarray:
         """float32 [N, head_dim]: `lookup` decoded with the table's row format."""
@@ -210,8 +176,9 @@ class MemoryClient:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION and (
                     segments.DISABLED in e.details() or segments.UNREACHABLE in e.details()):
                 self._stop_shared_memory()  # another host or namespace, or --no-shared-memory
-            else:  # busy, or refused: this lookup over the transport, a fresh segment next time
+            elif e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # refused: a fresh segment next time
                 self._local.retire = True
+            # busy (every registration slot taken): this lookup over the transport, same segment
         except Exception:  # noqa: BLE001 a registration that did not finish (deadline)
             self._local.retire = True
         return None
@@ -291,8 +258,9 @@ class MemoryClient:
 
     def close(self) -> None:
         self._closed.set()
-        if self._arena is not None:
-            self._arena.close()
+        for arena in [self._arena, *self._retired_arenas]:
+            if arena is not None:
+                arena.close()
         self._pool.close()
 
     def __enter__(self):

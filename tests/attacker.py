@@ -66,9 +66,13 @@ offer_fd.tethers = []
 
 
 def sealed_memfd(size: int, seals: int = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL,
-                 flags: int = 0) -> int:
+                 flags: int = 0, allocate: bool = True) -> int:
+    """A memfd as a client makes one (allocated, then sealed), or with allocate=False a sparse one,
+    which costs its maker nothing."""
     fd = os.memfd_create("engram-rows", os.MFD_ALLOW_SEALING | flags)
     os.ftruncate(fd, size)
+    if allocate:
+        os.posix_fallocate(fd, 0, size)
     if seals:
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     return fd
@@ -159,6 +163,13 @@ def bad_fds(args: dict) -> dict:
     os.unlink("/dev/shm/engram-attacker")
     out["unsealed_memfd"] = offer_fd(channel, sealed_memfd(1 << 20, seals=0))[:2]
     out["shrinkable_memfd"] = offer_fd(channel, sealed_memfd(1 << 20, seals=fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL))[:2]
+    out["sparse_memfd"] = offer_fd(channel, sealed_memfd(1 << 30, allocate=False))[:2]  # 1 GiB for free
+    future_write = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x10)
+    out["write_sealed_memfd"] = offer_fd(channel, sealed_memfd(1 << 20, seals=fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+                                                               | future_write))[:2]
+    fd = sealed_memfd(1 << 20)
+    readonly = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+    out["read_only_memfd"] = offer_fd(channel, readonly)[:2]
     try:
         out["hugetlb_memfd"] = offer_fd(channel, sealed_memfd(2 << 20, flags=os.MFD_HUGETLB))[:2]
     except OSError as e:
@@ -237,7 +248,22 @@ def truncate(args: dict) -> dict:
     return {"size": os.path.getsize(args["file"])}
 
 
-SCENARIOS = {"flip": flip, "truncate": truncate, "hijack": hijack, "bad_fds": bad_fds, "shrink": shrink, "idle_streams": idle_streams}
+def slow_unary(args: dict) -> dict:
+    """Ask for big answers with unary Lookups and never read them (stop this process)."""
+    import signal
+    request = pb2.LookupRequest(table=args["table"], row_ids=np.zeros(args["rows"], "<i8").tobytes())
+    channels = [grpc.insecure_channel(args["target"], options=[("grpc.use_local_subchannel_pool", 1),
+                                                               ("grpc.max_receive_message_length", 1 << 30)])
+                for _ in range(args["connections"])]
+    futures = [channels[i % len(channels)].unary_unary(LOOKUP).future(request.SerializeToString(), timeout=600)
+               for i in range(args["calls"])]
+    time.sleep(1.0)
+    print(json.dumps({"sent": len(futures)}), flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return {}
+
+
+SCENARIOS = {"slow_unary": slow_unary, "flip": flip, "truncate": truncate, "hijack": hijack, "bad_fds": bad_fds, "shrink": shrink, "idle_streams": idle_streams}
 
 if __name__ == "__main__":
     print(json.dumps(SCENARIOS[sys.argv[1]](json.loads(sys.argv[2]))), flush=True)

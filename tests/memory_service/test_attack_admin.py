@@ -152,6 +152,9 @@ def test_a_naive_network_deployment_stays_closed(tmp_path, secrets_dir):
         ServiceConfig(db=str(db), **{"host": "0.0.0.0", **ok})          # accepted
     with pytest.raises(ValueError, match="--admin-port needs --admin-token-file"):
         ServiceConfig(db=str(db), admin_port=0)
+    out = subprocess.run([EXE, "serve", "--db", str(db), "--token-file", str(secrets_dir / "read"),
+                          "--admin-token-file", str(secrets_dir / "read")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "hold the same token" in out.stderr   # the read token would administer
     (db / "admin.sock").unlink(missing_ok=True)
     (db / "admin.sock").write_text("not a socket")                     # never replaced or followed
     out = subprocess.run([EXE, "serve", "--db", str(db), "--port", "0", "--metrics-port", "0", "--workers", "1"],

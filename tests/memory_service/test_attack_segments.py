@@ -80,11 +80,15 @@ def test_no_fd_but_a_sealed_memfd_is_ever_written(server, tmp_path):
     report = attack("bad_fds", target=server.target, table=TABLE, ids=list(range(64)), victim_file=str(victim_file))
     assert victim_file.read_bytes() == b"\xAB" * 4096                 # not one byte written
     assert report["legacy_named_segment"] == "rows in the response"  # names are no longer looked up
-    for case in ("file_via_symlink", "dev_shm_file", "unsealed_memfd", "shrinkable_memfd"):
+    for case in ("file_via_symlink", "dev_shm_file", "unsealed_memfd", "shrinkable_memfd", "sparse_memfd",
+                 "write_sealed_memfd", "read_only_memfd"):
         status, details = report[case]
         assert status == "INVALID_ARGUMENT", (case, report[case])
     assert "not a memfd" in report["file_via_symlink"][1]
     assert "F_SEAL_SHRINK" in report["unsealed_memfd"][1] and "F_SEAL_SHRINK" in report["shrinkable_memfd"][1]
+    assert "must allocate the whole segment" in report["sparse_memfd"][1]   # never charged to the server
+    assert "no write seal" in report["write_sealed_memfd"][1]
+    assert "reading and writing" in report["read_only_memfd"][1]
     assert report["hugetlb_memfd"][0] in ("INVALID_ARGUMENT", "UNAVAILABLE_HERE")
     assert not os.path.lexists("/dev/shm/engram-x")
     no_worker_died(server)

@@ -106,3 +106,74 @@ def test_one_threads_bad_request_fails_no_other_thread(server):
         for t in threads:
             t.join()
     assert len(bad_answers) > 20 and set(bad_answers) == {"NOT_FOUND"} and failures == []
+
+
+def test_unread_unary_answers_cannot_exhaust_server_memory(tmp_path):
+    """A second process asks for 40 answers of 32 MiB each (400k ids of an 80 B table: 8 bytes ask
+    for 80) and stops without reading them: 1.3 GB (2.6 GB while gRPC copies them) without a limit.
+    The server keeps at most its answer budget in memory (2 x --max-message-mb per process: 64 MiB
+    here), refuses the rest with RESOURCE_EXHAUSTED, and serves everyone else."""
+    import json
+    import os
+    import signal
+    db = tmp_path / "db"
+    fill_store(db, dtypes={LAYER: "bfloat16"})
+    server = Server(db, "--max-message-mb", "32", workers=2)
+    server.wait_serving()
+    pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                           text=True).stdout.split()]
+
+    def anon_mib() -> int:
+        return sum(int(line.split()[1]) for pid in pids for line in open(f"/proc/{pid}/status")
+                   if line.startswith("RssAnon")) >> 10
+    before = anon_mib()
+    args = dict(target=server.target, table=TABLE, rows=400_000, calls=40, connections=4)
+    attacker = subprocess.Popen([sys.executable, "-m", "tests.attacker", "slow_unary", json.dumps(args)], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(attacker.stdout.readline())["sent"] == 40
+        time.sleep(3)
+        grown = anon_mib() - before
+        assert new_calls_succeed(server.target, 2.0) == []
+        assert grown < 700, f"the server holds {grown} MiB more for answers nobody reads"
+    finally:
+        os.kill(attacker.pid, signal.SIGKILL)
+        attacker.wait()
+        no_worker_died(server)
+        server.stop()
+
+
+def test_a_thread_without_memory_for_its_segment_fails_no_other_thread(server, monkeypatch):
+    """One thread cannot get memory for its segment (ENOMEM): the client goes on over the transport,
+    and the other threads, reading their own segments at that moment, lose nothing."""
+    import errno
+    from model_client import shared_arena
+    expect, failures, stop = expected_rows(LAYER), [], threading.Event()
+    real = shared_arena.Segment.__init__
+
+    def segment(self, size):
+        if threading.current_thread().name == "no-memory":
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        real(self, size)
+    monkeypatch.setattr(shared_arena.Segment, "__init__", segment)
+    with MemoryClient(server.target, channels=2, shared_memory=True) as client:
+        def read(seed):
+            rng = np.random.default_rng(seed)
+            while not stop.is_set():
+                ids = rng.integers(0, len(expect), 4000)
+                try:
+                    assert np.array_equal(client.lookup(TABLE, ids), expect[ids])
+                except Exception as e:  # noqa: BLE001
+                    failures.append(repr(e))
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)                                                 # the others read via segments
+        starved = threading.Thread(target=read, args=(99,), name="no-memory")
+        starved.start()
+        time.sleep(2)
+        stop.set()
+        for t in [*threads, starved]:
+            t.join()
+        assert client._arena is None                                    # the transport from now on
+    assert failures == []
