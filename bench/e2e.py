@@ -15,7 +15,7 @@ from .report import machine
 
 @dataclass
 class E2EBenchConfig(WorkerConfig):
-    out: str = field(default="bench/results/e2e.json", metadata={"help": "JSON file to append a row to"})
+    out: str = field(default="bench-out/e2e.json", metadata={"help": "JSON file to append a row to; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
 
 def run(cfg: E2EBenchConfig) -> int:

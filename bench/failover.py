@@ -35,7 +35,7 @@ class FailoverBenchConfig:
     batch_rows: int = field(default=4096, metadata={"help": "row ids per lookup"})
     vocab: int = field(default=100_000, metadata={
         "help": "engram_vocab_size per order: 100,000 gives a table of 1.6M rows x 128 B = 205 MB"})
-    out: str = field(default="bench/results/failover.json", metadata={"help": "JSON output path"})
+    out: str = field(default="bench-out/failover.json", metadata={"help": "JSON output path; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
         for name in ("shards", "replicas", "clients", "batch_rows", "vocab"):

@@ -29,7 +29,7 @@ class HashingBenchConfig:
                 "small ops down)"})
     cuda: bool = field(default=False, metadata={
         "help": "also time torch on the GPU (input already on the device, synchronized per run)"})
-    out: str = field(default="bench/results/hashing.json", metadata={"help": "JSON output path"})
+    out: str = field(default="bench-out/hashing.json", metadata={"help": "JSON output path; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
         if self.repeats < 1:

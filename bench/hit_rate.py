@@ -20,6 +20,7 @@ PNG per corpus.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from model_client import EngramConfig, NgramHasher
-from model_client.corpus import CHINESE, ENGLISH, corpus_file, read_lines
+from model_client.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
 
 from .report import machine, write_rows
 
@@ -51,7 +52,7 @@ class HitRateConfig:
         "help": "rowcache-lfu halves its counts every this many tokens (measured on Brown 400k, layer 1, "
                 "1% cache: 1,024 -> 0.184 (as LRU), 16,384 -> 0.199, 131,072 -> 0.217, never -> 0.207)"})
     processes: int = field(default=2, metadata={"help": "(corpus, layer) jobs run in parallel"})
-    out: str = field(default="bench/results/hit_rate.json", metadata={"help": "JSON output; PNGs beside it"})
+    out: str = field(default="bench-out/hit_rate.json", metadata={"help": "JSON output; PNGs beside it; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
         if self.tokens < 1 or self.seq_len < 1 or self.processes < 1:
@@ -158,7 +159,21 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def default_corpora(cfg: HitRateConfig) -> HitRateConfig:
+    """The shared corpora when they are here; else the packaged English sample, saying so."""
+    if cfg.corpora != [ENGLISH, CHINESE] or all(corpus_file(c) for c in cfg.corpora):
+        return cfg
+    found = [c for c in cfg.corpora if corpus_file(c)] or [str(PACKAGED_SAMPLE)]
+    print(f"hit-rate: the shared corpora ({ENGLISH}, {CHINESE}) are not beside this checkout or in "
+          f"$ENGRAM_CORPORA; running on {', '.join(found)} instead", flush=True)
+    return dataclasses.replace(cfg, corpora=found)
+
+
 def run(cfg: HitRateConfig) -> int:
+    import importlib
+    for module in ("numba", "matplotlib"):  # before the pool: a missing extra is one clear line
+        importlib.import_module(module)
+    cfg = default_corpora(cfg)
     config = EngramConfig.load(cfg.config)
     jobs = [(cfg, name, layer) for name in cfg.corpora for layer in config.layer_ids]
     for name in cfg.corpora:

@@ -23,7 +23,7 @@ class KernelBenchConfig:
     bandwidth_tbs: float = field(default=4.3, metadata={
         "help": "the memory bandwidth limit to compare with, TB/s (H200: 4.8 peak, ~4.3 reachable)"})
     cache_mb: int = field(default=1024, metadata={"help": "device row cache for the probe/insert kernels, MiB"})
-    out: str = field(default="bench/results/kernels_h200.json", metadata={"help": "JSON output path"})
+    out: str = field(default="bench-out/kernels_h200.json", metadata={"help": "JSON output path; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
         if self.bandwidth_tbs <= 0 or self.cache_mb < 1:

@@ -32,7 +32,7 @@ class LoadBenchConfig:
     server_workers: int = field(default=0, metadata={"help": "server processes (0: serve's default)"})
     target: str = field(default="", metadata={
         "help": "load a running service at host:port instead (its table layer1; rows then not checked)"})
-    out: str = field(default="", metadata={"help": "JSON output path (default: a temporary file)"})
+    out: str = field(default="bench-out/load.json", metadata={"help": "JSON output path (bench-out/ is not tracked)"})
 
     def __post_init__(self):
         for name in ("clients", "channels", "processes", "batch_rows"):

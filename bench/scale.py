@@ -34,7 +34,7 @@ class ScaleBenchConfig:
     clients: int = field(default=2, metadata={"help": "client processes"})
     server_workers: int = field(default=4, metadata={"help": "server processes"})
     step_tokens: int = field(default=64, metadata={"help": "tokens per step (a decode step of 64 sequences)"})
-    out: str = field(default="bench/results/scale.json", metadata={"help": "JSON output; a PNG beside it"})
+    out: str = field(default="bench-out/scale.json", metadata={"help": "JSON output; a PNG beside it; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
         if not self.sizes_gb or min(self.sizes_gb) <= 0:

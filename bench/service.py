@@ -42,7 +42,7 @@ class ServiceBenchConfig:
     token_file: str = field(default="", metadata={"help": "with --target: file holding the service's read token"})
     db: str = field(default="", metadata={
         "help": "store to build the benchmark tables in (reused if present; default: a temporary one)"})
-    out: str = field(default="bench/results/service.json", metadata={"help": "JSON output path"})
+    out: str = field(default="bench-out/service.json", metadata={"help": "JSON output path; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
         if self.duration_s <= 0:

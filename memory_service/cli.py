@@ -36,6 +36,10 @@ COMMANDS = {
     "health": ("memory_service.health:HealthConfig", "memory_service.health:run_health",
                "exit 0 if the memory service answers SERVING (a container healthcheck)",
                "Ask a memory service's gRPC health service; exit 0 on SERVING, 1 otherwise."),
+    "stats": ("memory_service.stats_command:StatsConfig", "memory_service.stats_command:run_stats",
+              "what each process of a running memory service has served",
+              "Ask a running memory service's Stats over several connections (one server process answers "
+              "each) and print requests, errors, rows and bytes served per process."),
     "drop": ("memory_service.info:DropConfig", "memory_service.info:run_drop",
              "remove one table version (a partial load, an old version)",
              "Remove one version of a table and free its rows."),
@@ -122,15 +126,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model_client.flags import dataclass_from_args
+    from model_client.flags import dataclass_from_args, in_flag_terms
     args = build_parser(argv).parse_args(argv)
     config, runner, _, _ = args.entry
+    command = args.command + (f" {args.bench}" if args.command == "bench" else "")
+    cls = None
     try:
         cls = _load_attr(config)
         return _load_attr(runner)(dataclass_from_args(cls, args))
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, StoreError) as e:
-        print(f"engram-memory {args.command}: error: {e}", file=sys.stderr)
+        print(f"engram-memory {command}: error: {in_flag_terms(str(e), cls) if cls else e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional extra that is not installed
+        extra = {"numba": "bench", "matplotlib": "bench", "torch": "worker", "triton": "kernels",
+                 "safetensors": "dev"}.get((e.name or "").split(".")[0])
+        hint = f": pip install 'engram-memory[{extra}]'" if extra else ""
+        print(f"engram-memory {command}: error: this needs the package {e.name}{hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

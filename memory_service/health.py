@@ -20,7 +20,11 @@ def run_health(cfg: HealthConfig) -> int:
             status = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=cfg.service), timeout=cfg.timeout_s).status
     except grpc.RpcError as e:
-        print(f"{cfg.target}: {e.code().name}: {e.details()}", file=sys.stderr)
+        details = e.details() or ""
+        if e.code() == grpc.StatusCode.NOT_FOUND and not details:
+            details = (f"the health service knows no service {cfg.service!r} (it knows '' for the whole "
+                       "server, engram_memory.v1.MemoryService and engram_memory.v1.AdminService)")
+        print(f"{cfg.target}: {e.code().name}: {details}", file=sys.stderr)
         return 1
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     print(f"{cfg.target}: {name}")

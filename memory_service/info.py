@@ -38,6 +38,10 @@ def verify(store: TableStore, manifest) -> list[int]:
     return bad
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 1 << 30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def run_info(cfg: InfoConfig) -> int:
     store = TableStore(cfg.db, readonly=True)
     try:
@@ -46,7 +50,10 @@ def run_info(cfg: InfoConfig) -> int:
             for m in manifests:
                 print(m.to_json())
             return 0
-        print(f"table store {store.path.resolve()}: {store.disk_bytes() / 2**30:.2f} GiB on disk, "
+        free = store.free_bytes()
+        reuse = (f" ({_size(free)} of it free pages of dropped versions: LMDB reuses them for the next "
+                 "loads, the file does not shrink)") if free >= 1 << 20 else ""
+        print(f"table store {store.path.resolve()}: {_size(store.disk_bytes())} on disk{reuse}, "
               f"{len(manifests)} table version(s)")
         if not manifests:
             print("no tables yet: load some with `engram-memory load --db DIR --config demo --random-init`")

@@ -9,19 +9,26 @@ import time
 
 
 class JsonFormatter(logging.Formatter):
+    static: dict = {}
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) +
                  f".{int(record.msecs):03d}Z", "level": record.levelname, "pid": os.getpid(),
                  "logger": record.name, "msg": record.getMessage()}
+        entry.update(self.static)
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def setup(level: str = "INFO") -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+def setup(level: str = "INFO", stream=None, **static) -> logging.Logger:
+    """JSON lines on `stream` (stderr) for the "engram_memory" logger; `static` fields go on every line
+    (a worker's id). Every process of the project logs this one shape."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    formatter = JsonFormatter()
+    formatter.static = dict(static)
+    handler.setFormatter(formatter)
     logger = logging.getLogger("engram_memory")
     logger.handlers[:] = [handler]
     logger.setLevel(level)

@@ -133,9 +133,11 @@ class TableManifest:
             if name == "tokenizer" and tokenizer_sha256 is not None:
                 continue  # the fingerprint below decides; paths may differ between hosts
             if ours.get(name) != theirs.get(name):
+                fix = (f" (load the tables with `--dtype {theirs.get(name)}`, or run the worker with "
+                       f"`--row-dtype {ours.get(name)}`)") if name == "row_dtype" else ""
                 raise ValueError(f"table {self.table} v{self.version} was built with {name}="
                                  f"{ours.get(name)!r}, but this model's EngramConfig has {name}="
-                                 f"{theirs.get(name)!r}: its rows would be wrong for this model")
+                                 f"{theirs.get(name)!r}: its rows would be wrong for this model{fix}")
         if tokenizer_sha256 is not None and tokenizer_sha256 != self.tokenizer_sha256:
             raise ValueError(f"table {self.table} v{self.version} was built for tokenizer sha256 "
                              f"{self.tokenizer_sha256[:16]}..., this model's tokenizer is "

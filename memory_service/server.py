@@ -45,12 +45,21 @@ def _bind_admin_socket(server, path: str) -> None:
 
 
 @contextmanager
-def _reserve_port(host: str, port: int):
+def _reserve_port(host: str, port: int, flag: str = "--port"):
     """Hold the port with SO_REUSEPORT so the workers can all bind it (grpc's multiprocessing example)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:  # first without SO_REUSEPORT: another server holding the port with it must not be joined
+        sock.bind((host, port))
+        port = sock.getsockname()[1]
+        sock.close()
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise RuntimeError(f"{flag} {port}: cannot listen on {host}:{port} ({e.strerror}: another server "
+                           f"there?); pick another {flag}, or 0 for a free one") from None
     try:
         yield sock.getsockname()[1]
     finally:
@@ -201,14 +210,20 @@ def serve(cfg: ServiceConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     with _reserve_port(cfg.host, cfg.port) as port, ExitStack() as held:
-        admin_port = held.enter_context(_reserve_port(cfg.admin_host, cfg.admin_port)) if cfg.admin_port >= 0 else -1
+        admin_port = held.enter_context(_reserve_port(cfg.admin_host, cfg.admin_port, "--admin-port")) \
+            if cfg.admin_port >= 0 else -1
+        if cfg.metrics_port:  # before the workers: a busy port is an error before anything started
+            try:
+                metrics.serve_metrics(cfg.metrics_port, cfg.host)
+            except OSError as e:
+                raise RuntimeError(f"--metrics-port {cfg.metrics_port}: cannot listen on {cfg.host}:"
+                                   f"{cfg.metrics_port} ({e.strerror}: another server there?); pick another "
+                                   "--metrics-port, or 0 for none") from None
         procs = [ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port, i), daemon=True)
                  for i in range(cfg.num_workers)]
         for p in procs:
             p.start()
         _wait_ready(procs, ready)
-        if cfg.metrics_port:
-            metrics.serve_metrics(cfg.metrics_port, cfg.host)
         log(logger, logging.INFO, "serving", host=cfg.host, port=port, workers=len(procs),
             metrics_port=cfg.metrics_port, db=str(Path(cfg.db).resolve()), admin_port=admin_port,
             admin_socket=cfg.admin_socket_path, admin_token=bool(cfg.admin_token_file),

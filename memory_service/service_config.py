@@ -10,7 +10,7 @@ from pathlib import Path
 
 @dataclass
 class ServiceConfig:
-    db: str = field(default="data/tables", metadata={"help": "LMDB table store directory (from `engram-memory load`)"})
+    db: str = field(default="", metadata={"required": True, "help": "LMDB table store directory (from `engram-memory load`)"})
     host: str = field(default="127.0.0.1", metadata={
         "help": "address to listen on; 0.0.0.0 to accept workers from other hosts (needs --token-file, "
                 "--tls-client-ca or --insecure)"})

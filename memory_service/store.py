@@ -129,8 +129,10 @@ class TableStore:
         value = txn.get(manifest_key(table, version), db=self.meta)
         if value is None:
             versions = [m.version for m in self._manifests(txn, table)]
-            raise StoreError("NOT_FOUND", f"table {table!r} has no version {version} "
-                             f"(versions: {versions or 'none'})")
+            if not versions:
+                known = sorted({m.table for m in self._manifests(txn)})
+                raise StoreError("NOT_FOUND", f"table {table!r} does not exist (tables: {', '.join(known) or 'none'})")
+            raise StoreError("NOT_FOUND", f"table {table!r} has no version {version} (versions: {versions})")
         try:
             return TableManifest.from_json(bytes(value))
         except ValueError as e:
@@ -294,4 +296,14 @@ class TableStore:
 
     def disk_bytes(self) -> int:
         return (self.path / "data.mdb").stat().st_size
+
+    def free_bytes(self) -> int:
+        """Bytes of pages inside data.mdb that hold nothing (freed by drops; LMDB reuses them)."""
+        psize = self.env.stat()["psize"]
+        with self.env.begin() as txn:
+            used = sum(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                       for st in [self.env.stat()] + [txn.stat(db) for db in (self.meta, self.rows, self.crc,
+                                                                              self.pages) if db is not None])
+        in_use = self.env.info()["last_pgno"] + 1 - 2  # the two meta pages
+        return max(0, in_use - used) * psize
 

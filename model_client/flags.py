@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 
 
 def add_dataclass_flags(parser, cls, skip: set[str] = frozenset()) -> None:
@@ -35,3 +36,20 @@ def dataclass_from_args(cls, args: argparse.Namespace):
     """Build `cls` from parsed flags (fields without a flag keep their defaults); its __post_init__
     validates and names any bad field."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def flag_of(cls, name: str) -> str | None:
+    """The flag a user types for field `name` of `cls` (None: not one of its fields)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    return None
+
+
+_FIELD = re.compile(r"\b[A-Z]\w*(?:Config|Command)\.(\w+)")
+
+
+def in_flag_terms(message: str, cls) -> str:
+    """A config's error as its command's user reads it: `ServiceConfig.shard` becomes `--shard`
+    for the fields that are flags of `cls` (config-file fields such as EngramConfig's stay)."""
+    return _FIELD.sub(lambda m: flag_of(cls, m.group(1)) or m.group(0), message)

@@ -35,6 +35,7 @@ class HostMirror:
         self.data: dict[str, torch.Tensor] = {}
         self.versions: dict[str, int] = {}
         self.rows_served = 0
+        self.rows_by_table: dict[str, int] = {}  # rows served per table (worker metrics)
         left = capacity_bytes
         for table in tables:
             m = source.manifest(table, versions[table])
@@ -70,6 +71,7 @@ class HostMirror:
             return torch.zeros(len(ids), dtype=torch.bool)
         torch.index_select(data, 0, ids, out=out)  # raises on an id beyond the table, never a zero row
         self.rows_served += len(ids)
+        self.rows_by_table[table] = self.rows_by_table.get(table, 0) + len(ids)
         return torch.ones(len(ids), dtype=torch.bool)
 
     def put_many(self, table: str, ids: torch.Tensor, rows: torch.Tensor) -> None:

@@ -2,22 +2,31 @@
 
 Round after round it prefills a batch of real-text prompts and decodes them with the demo model,
 every Engram row coming from the service through the device (and optional host) row cache, and
-prints one JSON line per round: tokens/s, rows read from the service, hit rates, exposed wait. When
-the service is unreachable it logs a clear error and retries with backoff instead of serving
-anything wrong; it resumes as soon as the service answers again. This is what docker-compose scales.
+logs one JSON line per round on stdout (the service's log shape, with this worker's id): tokens/s,
+rows read from the service, hit rates, exposed wait; `--metrics-port` exports the same per layer and
+tier to Prometheus (worker_metrics.py). When the service is unreachable it logs a clear error and
+retries instead of serving anything wrong, and resumes when the service answers again. This is what
+docker-compose scales: each worker has its own id and, unless --workload-seed is given, its own text.
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
+import re
+import secrets
 import socket
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import torch
 
+from .config import ROW_DTYPES
 from .row_cache import POLICIES
+
+logger = logging.getLogger("engram_memory")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -29,8 +38,9 @@ class WorkerLoopConfig:
     token_file: str = field(default="", metadata={
         "help": "file holding the service's read token (its --token-file), sent with every call"})
     config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
-    row_dtype: str = field(default="bfloat16", metadata={"help": "row dtype the tables were loaded with"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto"})
+    row_dtype: str = field(default="", metadata={
+        "help": "row dtype the tables were loaded with ('': whatever the published tables hold)"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when there is one)"})
     device_cache_mb: int = field(default=64, metadata={"help": "device row cache, MiB"})
     host_cache_mb: int = field(default=0, metadata={"help": "pinned host row cache, MiB (0: none)"})
     host_mirror_mb: int = field(default=0, metadata={
@@ -46,22 +56,49 @@ class WorkerLoopConfig:
     decode_steps: int = field(default=8, metadata={"help": "decode steps per round"})
     rounds: int = field(default=0, metadata={"help": "rounds to run (0: until stopped)"})
     retry_s: float = field(default=2.0, metadata={"help": "wait before retrying when the service is down"})
-    seed: int = field(default=0, metadata={"help": "seed of the weights (prompts vary per round)"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights (every worker runs the same model)"})
+    workload_seed: int = field(default=-1, metadata={
+        "help": "seed of the prompts (they vary per round; -1: from this worker's id, so scaled workers "
+                "replay different text)"})
+    metrics_port: int = field(default=0, metadata={
+        "help": "serve Prometheus /metrics on this port: cache hits, rows fetched per tier, exposed wait "
+                "(0: off; a busy port is logged and metrics stay off)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"WorkerLoopConfig.policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
         if ":" not in self.target:
             raise ValueError(f"WorkerLoopConfig.target must be host:port (got {self.target!r})")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"WorkerLoopConfig.device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if self.row_dtype and self.row_dtype not in ROW_DTYPES:
+            raise ValueError(f"WorkerLoopConfig.row_dtype must be one of {', '.join(ROW_DTYPES)} or empty "
+                             f"(got {self.row_dtype!r})")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"WorkerLoopConfig.log_level must be DEBUG, INFO, WARNING or ERROR (got {self.log_level!r})")
+        if not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"WorkerLoopConfig.metrics_port must be a TCP port or 0 (got {self.metrics_port})")
         if self.host_cache_mb < 0 or self.host_mirror_mb < 0:
             raise ValueError("WorkerLoopConfig.host_cache_mb and host_mirror_mb must be >= 0")
         if self.rounds < 0 or self.retry_s <= 0:
             raise ValueError("WorkerLoopConfig.rounds must be >= 0 and retry_s > 0")
 
 
-def _emit(**fields) -> None:
-    print(json.dumps({"ts": round(time.time(), 3), "worker": f"{socket.gethostname()}:{os.getpid()}", **fields}),
-          flush=True)
+def worker_id() -> str:
+    """host-pid-random: scaled containers share a hostname (host networking) and pid 1."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _emit(level: str = "INFO", msg: str = "", **fields) -> None:
+    logger.log(getattr(logging, level), msg, extra={"fields": fields})
+
+
+def _row_dtype(client, cfg: "WorkerLoopConfig", config) -> str:
+    """--row-dtype, or the dtype the published tables hold."""
+    if cfg.row_dtype:
+        return cfg.row_dtype
+    return client.describe(f"layer{config.layer_ids[0]}", refresh=True).row_dtype
 
 
 def run(cfg: WorkerLoopConfig) -> int:
@@ -75,11 +112,21 @@ def run(cfg: WorkerLoopConfig) -> int:
     from .tokenizer import get_compressed_tokenizer
     from .workload import Runner, WorkloadConfig, make_prompts
 
+    from memory_service.logs import setup
+    me = worker_id()
+    setup(cfg.log_level, stream=sys.stdout, worker=me)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: no CUDA device here (torch {torch.__version__}); use --device cpu")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
+    config = EngramConfig.load(cfg.config)
     tokenizer = get_compressed_tokenizer(config.tokenizer)
-    hasher = NgramHasher(config, tokenizer)
+    if cfg.metrics_port:
+        from . import worker_metrics
+        try:
+            worker_metrics.serve(cfg.metrics_port)
+        except OSError as e:
+            _emit("WARNING", "metrics port busy; metrics off", metrics_port=cfg.metrics_port, error=e.strerror)
     from memory_service.auth import read_secret
     token = read_secret(cfg.token_file, "--token-file") or None
     if cfg.cluster:
@@ -89,12 +136,13 @@ def run(cfg: WorkerLoopConfig) -> int:
         client = MemoryClient(cfg.target, timeout_s=10.0, retries=3, token=token)
     while True:  # wait for the service and its tables, checking they fit this model
         try:
+            config = config.replace(row_dtype=_row_dtype(client, cfg, config))
             client.check(config, tokenizer.sha256, tokenizer.num_compressed)
             break
         except MemoryServiceError as e:
-            _emit(level="ERROR", msg="memory service unavailable; retrying", error=str(e),
-                  target=cfg.cluster or cfg.target)
+            _emit("ERROR", "memory service unavailable; retrying", error=str(e), target=cfg.cluster or cfg.target)
             time.sleep(cfg.retry_s)
+    hasher = NgramHasher(config, tokenizer)
     prefetcher = Prefetcher(hasher, ServiceTier(client), device, cfg.device_cache_mb << 20,
                             cfg.host_cache_mb << 20, cfg.policy, host_mirror_bytes=cfg.host_mirror_mb << 20)
     torch.manual_seed(cfg.seed)
@@ -103,24 +151,29 @@ def run(cfg: WorkerLoopConfig) -> int:
     model = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=False)
                                          for layer in config.layer_ids}).to(device).eval()
     runner = Runner(model, hasher, prefetcher, pad_id=config.pad_id)
-    _emit(level="INFO", msg="worker ready", target=cfg.target, device=str(device), policy=cfg.policy,
-          device_cache_mb=cfg.device_cache_mb, layers=config.layer_ids)
+    from .worker_metrics import WorkerMetrics
+    metrics = WorkerMetrics(prefetcher)
+    workload_seed = cfg.workload_seed if cfg.workload_seed >= 0 else zlib.crc32(me.encode())
+    _emit("INFO", "worker ready", target=cfg.cluster or cfg.target, device=str(device), policy=cfg.policy,
+          device_cache_mb=cfg.device_cache_mb, layers=config.layer_ids, row_dtype=config.row_dtype,
+          workload_seed=workload_seed, metrics_port=cfg.metrics_port)
     done = 0
     while cfg.rounds == 0 or done < cfg.rounds:
         prompts = make_prompts(tokenizer, WorkloadConfig(cfg.sequences, cfg.min_len, cfg.max_len,
-                                                         cfg.decode_steps, cfg.seed + done))
+                                                         cfg.decode_steps, workload_seed + done))
         rows_before = sum(prefetcher.store_rows.values())
         try:
             result = runner.run(prompts, cfg.decode_steps)
         except MemoryServiceError as e:
             prefetcher.abandon()
-            _emit(level="ERROR", msg="memory service unavailable; round abandoned, retrying", error=str(e))
+            _emit("ERROR", "memory service unavailable; round abandoned, retrying", error=str(e))
             time.sleep(cfg.retry_s)
             continue
         done += 1
+        metrics.update(result.prefill_tokens, result.decode_tokens)
         stats = prefetcher.device_tier.stats()
         waits = sum(w for waits in prefetcher.exposed_wait_s.values() for w in waits)
-        _emit(level="INFO", msg="round", round=done, prefill_tokens_per_s=round(result.prefill_tokens_per_s, 1),
+        _emit("INFO", "round", round=done, prefill_tokens_per_s=round(result.prefill_tokens_per_s, 1),
               decode_tokens_per_s=round(result.decode_tokens_per_s, 1),
               rows_from_service=sum(prefetcher.store_rows.values()) - rows_before,
               rows_served_total=sum(prefetcher.store_rows.values()),
