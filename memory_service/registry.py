@@ -56,3 +56,18 @@ def add_to_server(memory, admin, server) -> None:
         handlers = {m: _handler(getattr(servicer, m), *spec) for m, spec in methods.items()}
         service = pb2.DESCRIPTOR.services_by_name[name].full_name
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+def enable_reflection(service_names: list[str], server) -> None:
+    """Server reflection as both grpc.reflection.v1alpha (what grpcio-reflection serves) and
+    grpc.reflection.v1 (what grpcurl and current tools ask first): the two protocols have the same
+    messages under two package names, so v1 calls are answered by the same servicer."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
+    v1 = "grpc.reflection.v1.ServerReflection"
+    names = [*service_names, reflection.SERVICE_NAME, v1]
+    servicer = reflection.ReflectionServicer(names)
+    reflection.enable_server_reflection(names, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo, request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(v1, {"ServerReflectionInfo": handler}),))

@@ -70,14 +70,14 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     """One server process: its own LMDB environment, servicers, health and reflection."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
 
     from protos import pb2
 
     from .auth import TokenInterceptor, read_secret, server_credentials
     from .reader import StoreReader
-    from .registry import add_to_server
-    from .servicer import AdminServicer, MemoryServicer
+    from .registry import add_to_server, enable_reflection
+    from .admin_servicer import AdminServicer
+    from .servicer import MemoryServicer
     from .store import StoreError, TableStore
 
     from model_client.malloc import keep_large_buffers, trim
@@ -129,29 +129,40 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("MemoryService", "AdminService")]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection([*names, health.SERVICE_NAME], server)
+    for name in ("", *names):  # nothing is SERVING before update_health() has looked
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     credentials = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
     for srv, address in ((server, f"{cfg.host}:{port}"), (admin_server, f"{cfg.admin_host}:{admin_port}")):
         if srv is not None:
             srv.add_secure_port(address, credentials) if credentials else srv.add_insecure_port(address)
             srv.start()
-    ready.put(os.getpid())
-    log(logger, logging.INFO, "worker serving", port=port, db=cfg.db)
-    trimmed, serving_error = time.monotonic(), ""
-    while not stop.wait(0.5):  # SERVING once at least one table is published and readable
-        if cfg.trim_s and time.monotonic() - trimmed >= cfg.trim_s:
-            trim()
-            trimmed = time.monotonic()
-        try:  # a store that lost pages is not read again (that would kill this process): NOT_SERVING
+    serving_error = [""]
+
+    def update_health() -> None:
+        """SERVING once a table is published and the store is readable; AdminService SERVING where
+        this port takes admin calls (with the admin token). A store that lost pages is not read
+        again (that would kill this process): NOT_SERVING."""
+        try:
             reader.check_file()
             serving = any(store.current_version(t) for t in {m.table for m in store.manifests()})
         except StoreError as e:
-            if serving_error != str(e):
+            if serving_error[0] != str(e):
                 log(logger, logging.ERROR, "store damaged; not serving", error=str(e))
-            serving, serving_error = False, str(e)
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            serving, serving_error[0] = False, str(e)
+        up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", names[0]):
-            health_servicer.set(name, status)
+            health_servicer.set(name, up if serving else down)
+        health_servicer.set(names[1], up if on_main and not serving_error[0] else down)
+    update_health()  # before the first call: HealthServicer starts "" as SERVING otherwise
+    ready.put(os.getpid())
+    log(logger, logging.INFO, "worker serving", port=port, db=cfg.db)
+    trimmed = time.monotonic()
+    while not stop.wait(0.5):
+        if cfg.trim_s and time.monotonic() - trimmed >= cfg.trim_s:
+            trim()
+            trimmed = time.monotonic()
+        update_health()
     health_servicer.enter_graceful_shutdown()
     for other in (admin_server, local_server):
         if other is not None:
@@ -212,15 +223,17 @@ def serve(cfg: ServiceConfig) -> int:
     with _reserve_port(cfg.host, cfg.port) as port, ExitStack() as held:
         admin_port = held.enter_context(_reserve_port(cfg.admin_host, cfg.admin_port, "--admin-port")) \
             if cfg.admin_port >= 0 else -1
+        procs: list = []
         if cfg.metrics_port:  # before the workers: a busy port is an error before anything started
             try:
-                metrics.serve_metrics(cfg.metrics_port, cfg.host)
+                metrics.serve_metrics(cfg.metrics_port, cfg.host, cfg.db,
+                                      lambda: [p.pid for p in procs if p.is_alive()])
             except OSError as e:
                 raise RuntimeError(f"--metrics-port {cfg.metrics_port}: cannot listen on {cfg.host}:"
                                    f"{cfg.metrics_port} ({e.strerror}: another server there?); pick another "
                                    "--metrics-port, or 0 for none") from None
-        procs = [ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port, i), daemon=True)
-                 for i in range(cfg.num_workers)]
+        procs[:] = [ctx.Process(target=_worker_main, args=(cfg, port, ready, admin_port, i), daemon=True)
+                    for i in range(cfg.num_workers)]
         for p in procs:
             p.start()
         _wait_ready(procs, ready)

@@ -1,4 +1,5 @@
-"""The gRPC servicers: MemoryService (reads) and AdminService (versions, rows, publish, drop).
+"""MemoryServicer: the gRPC MemoryService (lookups, catalog, segments, stats); AdminService is in
+admin_servicer.py.
 
 Every refusal carries the status that fits and a message naming the field, the table and the valid
 range; nothing a client sends can stop the process from serving the next request, and one request's
@@ -7,7 +8,6 @@ and the stream goes on.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from contextlib import ExitStack
@@ -18,64 +18,13 @@ import numpy as np
 from protos import pb2, pb2_grpc
 
 from . import metrics, wire
-from .logs import log
+from .call_record import NOT_RETRYABLE, CallRecord, abort
 from .manifest import TableManifest
 from .reader import StoreReader
 from .response_budget import ResponseBudget
 from .segments import SegmentTable
 from .store import StoreError, TableStore, checked_table_name
 from .stream_governor import StreamGovernor
-
-logger = logging.getLogger("engram_memory")
-# the client does not retry a request refused for its size (it would be refused again)
-NOT_RETRYABLE = "split the batch"
-
-
-def _abort(context, code: str, message: str):
-    context.abort(getattr(grpc.StatusCode, code), message)
-
-
-class _Rpc:
-    """Times one request and records its metrics; an error becomes (code, message) in `failure`.
-    With abort=True (unary calls) a failure aborts the call with that status on exit."""
-
-    def __init__(self, rpc: str, context, known_tables, abort: bool = True):
-        self.rpc, self.context, self.known, self.abort = rpc, context, known_tables, abort
-        self.table = "-"
-        self.failure: tuple[str, str] | None = None
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def label(self, table: str) -> None:
-        self.table = table if table in self.known() else "unknown"  # bounded label values
-
-    def __exit__(self, kind, error, tb):
-        if error is None:
-            code = "OK"
-        elif isinstance(error, StoreError):
-            code = error.code
-            self.failure = (code, str(error))
-            if code == "DATA_LOSS":
-                metrics.CORRUPT_ROWS.labels(self.table).inc(getattr(error, "corrupt_rows", 0))
-                log(logger, logging.ERROR, "corrupt rows refused", rpc=self.rpc, table=self.table, error=str(error))
-        elif isinstance(error, Exception) and self.context.code() is None:
-            code = "INTERNAL"
-            self.failure = (code, f"internal error: {error!r}")
-            log(logger, logging.ERROR, "internal error", rpc=self.rpc, table=self.table, error=repr(error))
-        else:  # grpc's own abort() unwinding, or the call ending under us
-            code = self.context.code().name if self.context.code() is not None else "CANCELLED"
-        metrics.REQUESTS.labels(self.rpc, self.table, code).inc()
-        metrics.LATENCY.labels(self.rpc, self.table).observe(time.perf_counter() - self.t0)
-        if code != "OK":
-            metrics.ERRORS.labels(self.rpc, code).inc()
-        if self.failure is not None:
-            if self.abort:
-                _abort(self.context, *self.failure)
-            return True  # swallowed: the caller answers with self.failure
-        return False
-
 
 class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def __init__(self, store: TableStore, reader: StoreReader, max_request_rows: int, max_message_bytes: int,
@@ -101,7 +50,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
         return self._tables
 
     # ---- lookups ------------------------------------------------------------------------------------
-    def _rows(self, request, peer: str, call: _Rpc, hold) -> bytes:
+    def _rows(self, request, peer: str, call: CallRecord, hold) -> bytes:
         """A serialized LookupResponse (see wire.py; registry.py sends it as it is); StoreError if refused.
         hold(release): what to do with the budget reservation of an answer carrying rows."""
         checked_table_name(request.table)
@@ -148,7 +97,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def Lookup(self, request, context):
         self.counts["requests"] += 1
         try:
-            with _Rpc("Lookup", context, self.known_tables) as call:
+            with CallRecord("Lookup", context, self.known_tables) as call:
                 # the reservation goes back when the call ends (its answer sent, or the call failed);
                 # at once if it has ended already (add_callback then refuses the callback)
                 return self._rows(request, context.peer(), call, lambda release: context.add_callback(release) or release())
@@ -160,7 +109,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
         try:
             stream = self.streams.admit(context.peer(), context)
         except StoreError as e:
-            _abort(context, e.code, str(e))
+            abort(context, e.code, str(e))
         peer, held = context.peer(), []
         try:
             while True:
@@ -171,7 +120,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                     return
                 stream.working()
                 self.counts["requests"] += 1
-                with _Rpc("StreamLookup", context, self.known_tables, abort=False) as call:
+                with CallRecord("StreamLookup", context, self.known_tables, abort=False) as call:
                     data = self._rows(request, peer, call, held.append)
                 if call.failure is not None:  # this request alone fails; the stream goes on
                     self.counts["errors"] += 1
@@ -189,7 +138,9 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
             self.streams.release(stream)
 
     def RegisterSegment(self, request, context):
-        with _Rpc("RegisterSegment", context, self.known_tables):
+        # FAILED_PRECONDITION: this server cannot reach the client's segment (or may not): the client's
+        # probe for a faster path, answered as expected, not an error
+        with CallRecord("RegisterSegment", context, self.known_tables, expected=("FAILED_PRECONDITION",)):
             segment, size = self.segments.register(request.socket, request.secret, context.peer())
             return pb2.RegisterSegmentResponse(segment=segment, size=size, pid=os.getpid())
 
@@ -201,7 +152,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
                              row_dtype=manifest.row_dtype, manifest_json=manifest.to_json(), versions=versions)
 
     def ListTables(self, request, context):
-        with _Rpc("ListTables", context, self.known_tables):
+        with CallRecord("ListTables", context, self.known_tables):
             self.reader.check_file()
             tables = sorted({m.table for m in self.store.manifests()})
             infos = []
@@ -211,7 +162,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
             return pb2.ListTablesResponse(tables=infos)
 
     def DescribeTable(self, request, context):
-        with _Rpc("DescribeTable", context, self.known_tables) as call:
+        with CallRecord("DescribeTable", context, self.known_tables) as call:
             call.label(checked_table_name(request.table))
             self.reader.check_file()
             return self._info(self.store.manifest(request.table, request.version))
@@ -222,80 +173,3 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def close(self) -> None:
         self.segments.close()
         self.streams.close()
-
-
-class AdminServicer(pb2_grpc.AdminServiceServicer):
-    def __init__(self, store: TableStore, memory: MemoryServicer):
-        self.store, self.memory = store, memory
-
-    def CreateVersion(self, request, context):
-        with _Rpc("CreateVersion", context, self.memory.known_tables):
-            try:
-                manifest = TableManifest.from_json(request.manifest_json)
-            except ValueError as e:
-                raise StoreError("INVALID_ARGUMENT", f"manifest_json: {e}") from None
-            checked_table_name(manifest.table, "manifest_json's table")
-            if request.table and request.table != manifest.table:
-                raise StoreError("INVALID_ARGUMENT", f"table {request.table[:40]!r} differs from the manifest's "
-                                 f"table {manifest.table!r}")
-            manifest = self.store.create_version(manifest)
-            self.memory._tables_at = 0.0
-            log(logger, logging.INFO, "version created", table=manifest.table, version=manifest.version)
-            return pb2.CreateVersionResponse(version=manifest.version)
-
-    def WriteRows(self, request_iterator, context):
-        with _Rpc("WriteRows", context, self.memory.known_tables) as call:
-            manifest, buffer, chunk, written = None, bytearray(), 0, 0
-            for request in request_iterator:
-                if manifest is None:
-                    manifest = self.store.manifest(checked_table_name(request.table), request.version)
-                    call.label(manifest.table)
-                    if request.version == 0 or request.start_row % manifest.chunk_rows:
-                        raise StoreError("INVALID_ARGUMENT", f"a WriteRows stream must name a version and start "
-                                         f"at a multiple of chunk_rows={manifest.chunk_rows}; got version "
-                                         f"{request.version}, start_row {request.start_row}")
-                    chunk = request.start_row // manifest.chunk_rows
-                    next_row = request.start_row
-                if (request.table, request.version) != (manifest.table, manifest.version):
-                    raise StoreError("INVALID_ARGUMENT", "every message of a WriteRows stream must name the same "
-                                     f"table and version ({manifest.table} v{manifest.version})")
-                if request.start_row != next_row:
-                    raise StoreError("INVALID_ARGUMENT", f"start_row {request.start_row} does not continue the "
-                                     f"stream (expected {next_row}): send rows in order")
-                if len(request.rows) % manifest.row_bytes:
-                    raise StoreError("INVALID_ARGUMENT", f"rows has {len(request.rows)} B, not a multiple of "
-                                     f"row_bytes={manifest.row_bytes} of table {manifest.table}")
-                next_row += len(request.rows) // manifest.row_bytes
-                if next_row > manifest.stored_rows:  # local rows: a shard's store starts at 0
-                    raise StoreError("INVALID_ARGUMENT", f"rows up to {next_row} exceed the "
-                                     f"{manifest.stored_rows} rows this store holds of table {manifest.table}")
-                buffer += request.rows
-                chunk_bytes = manifest.chunk_rows * manifest.row_bytes
-                while len(buffer) >= chunk_bytes or (buffer and next_row == manifest.stored_rows):
-                    piece = bytes(buffer[:chunk_bytes])
-                    del buffer[:chunk_bytes]
-                    self.store.write_chunks(manifest, [(chunk, piece)])
-                    written += len(piece) // manifest.row_bytes
-                    chunk += 1
-            if manifest is not None and buffer:
-                raise StoreError("INVALID_ARGUMENT", f"stream ended at row {next_row}, inside a chunk: a stream "
-                                 f"must end at a multiple of chunk_rows={manifest.chunk_rows} or at num_rows")
-            return pb2.WriteRowsResponse(rows_written=written)
-
-    def Publish(self, request, context):
-        with _Rpc("Publish", context, self.memory.known_tables) as call:
-            call.label(checked_table_name(request.table))
-            previous = self.store.publish(request.table, request.version, request.expected_checksum)
-            log(logger, logging.INFO, "version published", table=request.table, version=request.version,
-                previous=previous)
-            return pb2.PublishResponse(previous_version=previous)
-
-    def DropVersion(self, request, context):
-        with _Rpc("DropVersion", context, self.memory.known_tables) as call:
-            call.label(checked_table_name(request.table))
-            if request.version == 0:
-                raise StoreError("INVALID_ARGUMENT", "version is 0: name the version to drop")
-            self.store.drop(request.table, request.version, force=request.force)
-            self.memory._tables_at = 0.0
-            log(logger, logging.INFO, "version dropped", table=request.table, version=request.version)
-            return pb2.DropVersionResponse()

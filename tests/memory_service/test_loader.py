@@ -86,7 +86,7 @@ def test_checkpoint_errors_are_clear(tmp_path):
     out = run("load", "--db", str(tmp_path / "db"), "--config", cfgf, "--random-init", "--layers", "9")
     assert out.returncode == 2 and "[9] are not Engram layers" in out.stderr
     out = run("load", "--db", str(tmp_path / "db"), "--config", cfgf, "--random-init", "--dtype", "int8")
-    assert out.returncode == 2 and "LoadConfig.dtype" in out.stderr
+    assert out.returncode == 2 and "--dtype must be one of" in out.stderr
 
 
 def test_random_init_matches_the_seeded_local_table(tmp_path):

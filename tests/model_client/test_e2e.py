@@ -55,7 +55,7 @@ def test_demo_command_runs_end_to_end(tmp_path, tiny_json):
     assert "outputs of local and remote tables match bit for bit: YES" in done.stdout
     assert "RANDOM weights" in done.stdout and "exposed wait" in done.stdout
     bad = subprocess.run([executable(), "demo", "--no-e2e", "--policy", "fifo"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "WorkerConfig.policy" in bad.stderr
+    assert bad.returncode == 2 and "--policy must be one of" in bad.stderr
 
 
 def test_lookahead_policy_beats_lru_and_keeps_outputs_exact(tmp_path, tiny_json):
