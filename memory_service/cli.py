@@ -102,7 +102,7 @@ def _add(sub, name: str, entry, with_flags: bool) -> None:
     parser = sub.add_parser(name, help=help_text, description=description)
     if with_flags:
         add_dataclass_flags(parser, _load_attr(config))
-    parser.set_defaults(entry=entry)
+    parser.set_defaults(entry=entry, subparser=parser)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -126,14 +126,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model_client.flags import dataclass_from_args, in_flag_terms
+    from model_client.flags import dataclass_from_args, given_flags, in_flag_terms
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     config, runner, _, _ = args.entry
     command = args.command + (f" {args.bench}" if args.command == "bench" else "")
     cls = None
     try:
         cls = _load_attr(config)
-        return _load_attr(runner)(dataclass_from_args(cls, args))
+        return _load_attr(runner)(dataclass_from_args(cls, args, given_flags(args.subparser, argv)))
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, StoreError) as e:
         print(f"engram-memory {command}: error: {in_flag_terms(str(e), cls) if cls else e}", file=sys.stderr)
         return 2

@@ -10,7 +10,12 @@ from pathlib import Path
 
 @dataclass
 class ServiceConfig:
-    db: str = field(default="", metadata={"required": True, "help": "LMDB table store directory (from `engram-memory load`)"})
+    SETTINGS_FILE = "config"  # `serve --config FILE`: these fields as JSON; flags typed override them
+    config: str = field(default="", metadata={
+        "metavar": "FILE", "help": "JSON file of these settings, keys as the flags without dashes (e.g. "
+                                   '{"db": "data/tables", "port": 50051, "token_file": "read.token"}); '
+                                   "flags given on the command line override it"})
+    db: str = field(default="", metadata={"help": "LMDB table store directory (from `engram-memory load`); required"})
     host: str = field(default="127.0.0.1", metadata={
         "help": "address to listen on; 0.0.0.0 to accept workers from other hosts (needs --token-file, "
                 "--tls-client-ca or --insecure)"})
@@ -88,6 +93,7 @@ class ServiceConfig:
         check("trim_s", self.trim_s >= 0, "must be >= 0 (0: never)")
         check("huge_pages", self.huge_pages in ("auto", "on", "off"), "must be auto, on or off")
         check("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "must be a log level")
+        check("db", bool(self.db), "name the table store: --db DIR (or \"db\" in --config FILE)")
         check("db", self.create or (Path(self.db) / "data.mdb").is_file(),
               "no table store there: create one with `engram-memory load --db DIR ...` or pass --create")
         check("shard", (self.shard >= 0) == bool(self.cluster), "--cluster and --shard go together")

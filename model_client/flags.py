@@ -32,10 +32,54 @@ def add_dataclass_flags(parser, cls, skip: set[str] = frozenset()) -> None:
                                 metavar=f.metadata.get("metavar"))
 
 
-def dataclass_from_args(cls, args: argparse.Namespace):
+def dataclass_from_args(cls, args: argparse.Namespace, given: set[str] = frozenset()):
     """Build `cls` from parsed flags (fields without a flag keep their defaults); its __post_init__
-    validates and names any bad field."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    validates and names any bad field. A class with SETTINGS_FILE = "<field>" takes its settings
+    from that JSON file first; the flags in `given` (typed on the command line) override them."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    field_name = getattr(cls, "SETTINGS_FILE", None)
+    if field_name and values.get(field_name):
+        for name, value in read_settings(values[field_name], cls).items():
+            if name not in given:
+                values[name] = value
+    return cls(**values)
+
+
+def read_settings(path: str, cls) -> dict:
+    """A JSON object of `cls`'s settings: keys are field names or flags ("max_message_mb",
+    "max-message-mb" or "--max-message-mb"); unknown keys and wrong types are refused, naming them."""
+    import json
+    from pathlib import Path
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"--{cls.SETTINGS_FILE.replace('_', '-')} {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings, e.g. {{\"db\": \"data/tables\", \"port\": 50051}}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in data.items():
+        name = key.lstrip("-").replace("-", "_")
+        if name not in fields or name == cls.SETTINGS_FILE:
+            raise ValueError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(fields))})")
+        default = fields[name].default if fields[name].default is not dataclasses.MISSING else fields[name].default_factory()
+        kind = type(default)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"{path}: {key!r} must be {kind.__name__} (got {value!r})")
+        out[name] = float(value) if kind is float else value
+    return out
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The field names whose flags appear in argv (so a settings file does not override them)."""
+    options = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            options[option] = action.dest
+    return {options[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in options}
 
 
 def flag_of(cls, name: str) -> str | None:

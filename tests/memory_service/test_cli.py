@@ -88,3 +88,29 @@ def test_service_commands_need_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "every chunk matches its crc32" in done.stdout and "dropped layer2 v1" in done.stdout
+
+
+def test_serve_reads_a_settings_file_and_flags_override_it(tmp_path):
+    import json
+    import signal
+    import subprocess as sp
+    from ..served import EXE, fill_store, free_port
+    db = tmp_path / "db"
+    fill_store(db, dtypes={1: "float32"})
+    port = free_port()
+    (tmp_path / "serve.json").write_text(json.dumps({"db": str(db), "port": 1, "metrics-port": 0, "workers": 1,
+                                                     "--refresh-ms": 30}))
+    proc = sp.Popen([EXE, "serve", "--config", str(tmp_path / "serve.json"), "--port", str(port)],
+                    stderr=sp.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if '"msg": "serving"' in line:
+                entry = json.loads(line)
+                assert entry["port"] == port and entry["workers"] == 1 and entry["db"] == str(db)
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    (tmp_path / "bad.json").write_text(json.dumps({"db": str(db), "prot": 5}))
+    bad = sp.run([EXE, "serve", "--config", str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown setting 'prot'" in bad.stderr
