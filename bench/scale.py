@@ -34,6 +34,8 @@ class ScaleBenchConfig:
     clients: int = field(default=2, metadata={"help": "client processes"})
     server_workers: int = field(default=4, metadata={"help": "server processes"})
     step_tokens: int = field(default=64, metadata={"help": "tokens per step (a decode step of 64 sequences)"})
+    replot: list[str] = field(default_factory=list, metadata={
+        "help": "only draw one PNG (--out with .png) from these JSON results of earlier runs, measuring nothing"})
     out: str = field(default="bench-out/scale.json", metadata={"help": "JSON output; a PNG beside it; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
@@ -97,7 +99,22 @@ def _client(target, config_json, trace, step_rows, duration_s, start_at, results
         results.put((rows, time.perf_counter() - t_start, latencies, times, hits, lookups, errors))
 
 
+def replot(paths: list[str], out: str) -> int:
+    import json
+    series = {}
+    for path in paths:
+        rows = json.loads(Path(path).read_text())
+        note = ", huge pages" if any(r.get("huge_pages") for r in rows) or "hugepages" in path else ", 4 KiB pages"
+        series[f"{Path(path).name} ({rows[0]['date']}{note})"] = sorted(rows, key=lambda r: r["table_gib"])
+    png = Path(out).with_suffix(".png")
+    plot(series, png)
+    print(f"wrote {png}")
+    return 0
+
+
 def run(cfg: ScaleBenchConfig) -> int:
+    if cfg.replot:
+        return replot(cfg.replot, cfg.out)
     from memory_service.checkpoint import RandomRows
     from memory_service.loader import load_layer
     from memory_service.process import ServiceProcess
@@ -181,35 +198,38 @@ def run(cfg: ScaleBenchConfig) -> int:
         if not cfg.keep and not cfg.db_dir:
             shutil.rmtree(base, ignore_errors=True)
     out = write_rows(rows_out, cfg.out)
-    plot(rows_out, out.with_suffix(".png"))
+    plot({"this run": rows_out}, out.with_suffix(".png"))
     print(f"wrote {out}")
     return 0
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(series: dict[str, list[dict]], path: Path) -> None:
+    """series: {label: rows of one run}; every run on the same axes, the setup in the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    sizes = [r["table_gib"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    a.plot(sizes, [r["service_rows_per_s"] for r in rows], "o-", label="rows/s")
-    a.set_xscale("log", base=2)
-    a.set_yscale("log")
-    a.axvline(rows[0]["ram_gib"], color="gray", ls=":", label="RAM")
-    a.set_xlabel("table size, GiB")
+    first = next(iter(series.values()))[0]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for i, (label, rows) in enumerate(series.items()):
+        sizes = [r["table_gib"] for r in rows]
+        color = f"C{i}"
+        a.plot(sizes, [r["service_rows_per_s"] for r in rows], "o-", color=color, label=label)
+        b.plot(sizes, [r["p50_ms"] for r in rows], "o-", color=color, label=f"p50, {label}")
+        b.plot(sizes, [r["p99_ms"] for r in rows], "s:", color=color, label=f"p99, {label}")
+    from matplotlib.ticker import FuncFormatter
+    for ax in (a, b):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.axvline(first["ram_gib"], color="gray", ls=":", label=f"RAM ({first['ram_gib']:.0f} GiB)" if ax is a else None)
+        ax.set_xlabel("table size, GiB (log scale)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     a.set_ylabel("service rows/s (device-cache misses)")
-    a.legend()
-    a.grid(alpha=0.3)
-    b.plot(sizes, [r["p50_ms"] for r in rows], "o-", label="p50")
-    b.plot(sizes, [r["p99_ms"] for r in rows], "s-", label="p99")
-    b.plot(sizes, [100 * r["page_cache_hit_rate"] for r in rows], "^--", label="page-cache hits, %")
-    b.set_xscale("log", base=2)
-    b.set_yscale("log")
-    b.axvline(rows[0]["ram_gib"], color="gray", ls=":")
-    b.set_xlabel("table size, GiB")
-    b.set_ylabel("latency per step, ms / page-cache hits, %")
-    b.legend()
-    b.grid(alpha=0.3)
+    b.set_ylabel("time per step's lookup, ms")
+    fig.suptitle(f"engram-memory bench scale: tables of growing size from a cold page cache; {first['row_bytes']} B "
+                 f"rows, {first['clients']} clients x steps of 64 tokens, {first['server_workers']} server processes, "
+                 f"1% device cache; {first['machine']}, {first['date']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -34,6 +34,9 @@ class ServiceBenchConfig:
                 "segment, same host only)"})
     batches: list[int] = field(default_factory=lambda: list(floors_mod.BATCHES), metadata={
         "type": int, "help": "batch sizes (rows per lookup) to measure"})
+    table_size: str = field(default="demo", metadata={
+        "help": "demo: the demo geometry's layer 1 (10.3M rows: 2.5 + 1.5 GiB, built once into --db, a few "
+                "minutes); small: 1.2M rows, built in seconds, for a quick look"})
     row_checks: list[str] = field(default_factory=lambda: ["on"], metadata={
         "help": "serve with every row checked against its stored sum (on, the default) and/or without "
                 "(off: `serve --no-verify-rows`), to measure what the check costs"})
@@ -49,6 +52,9 @@ class ServiceBenchConfig:
             raise ValueError(f"ServiceBenchConfig.duration_s must be > 0 (got {self.duration_s})")
         if not self.clients or min(self.clients) < 1:
             raise ValueError(f"ServiceBenchConfig.clients must list numbers >= 1 (got {self.clients})")
+        if self.table_size not in tables.SIZES:
+            raise ValueError(f"ServiceBenchConfig.table_size must be one of {', '.join(tables.SIZES)} "
+                             f"(got {self.table_size!r})")
         if not self.batches or min(self.batches) < 1:
             raise ValueError(f"ServiceBenchConfig.batches must list numbers >= 1 (got {self.batches})")
         if not self.row_checks or not set(self.row_checks) <= {"on", "off"}:
@@ -148,7 +154,7 @@ def run(cfg: ServiceBenchConfig) -> int:
     info = machine()
     rows = []
     try:
-        stores = tables.build(db)
+        stores = tables.build(db, size=cfg.table_size)
         for row_bytes, (path, manifest) in stores.items():
             print(f"floors, {row_bytes} B rows ...", flush=True)
             rows += [{**r, "table_rows": manifest.num_rows, **info}

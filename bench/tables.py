@@ -17,6 +17,10 @@ CONFIGS = {
     256: EngramConfig(),                                              # the demo preset, layer 1
     160: EngramConfig(n_embed_per_ngram=640, row_dtype="bfloat16"),  # same rows, 80 bf16 values
 }
+# --table-size small: ~1.2M rows (primes near 75,000 instead of 640,000 per head): 290 + 180 MiB,
+# built in seconds; for quick looks, not for the figures (a small table fits the CPU caches better)
+SMALL = dict(engram_vocab_size=[75_000, 75_000])
+SIZES = ("demo", "small")
 
 
 def _stale(path: Path) -> bool:
@@ -37,12 +41,16 @@ def _stale(path: Path) -> bool:
         store.close()
 
 
-def build(db: str | Path, progress: bool = True) -> dict:
+def build(db: str | Path, progress: bool = True, size: str = "demo") -> dict:
     """Create (or reuse) one store per row size; {row_bytes: (store path, manifest)}."""
+    if size not in SIZES:
+        raise ValueError(f"table size must be one of {', '.join(SIZES)} (got {size!r})")
     out = {}
     for row_bytes, cfg in CONFIGS.items():
         assert cfg.row_bytes == row_bytes
-        path = Path(db) / f"rows{row_bytes}"
+        if size == "small":
+            cfg = cfg.replace(**SMALL)
+        path = Path(db) / f"rows{row_bytes}" if size == "demo" else Path(db) / f"rows{row_bytes}-{size}"
         if _stale(path):
             shutil.rmtree(path)
         store = TableStore(path, bulk=True)

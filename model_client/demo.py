@@ -1,7 +1,9 @@
 """`engram-memory demo`: the main job, end to end on one machine with embedded defaults.
 
-Today it tokenizes real text, hashes it into Engram row ids for every layer, measures how often
-rows repeat, and reports the table geometry of the demo, paper and DeepSeek-V4.1 configurations.
+It tokenizes real text, hashes it into Engram row ids for every layer, measures how often rows
+repeat, and reports the table geometry of the demo, paper and DeepSeek-V4.1 configurations; then
+(e2e.py) it creates the demo tables once, starts the memory service and runs the demo model over
+real text with local tables and with the service, and compares speed and outputs.
 """
 from __future__ import annotations
 
@@ -73,9 +75,13 @@ def run(demo: DemoConfig, worker=None) -> int:
           f"compressed ids ({saved:.3%} fewer); {'loaded from cache' if tokenizer.cache_hit else 'built'} "
           f"in {build_s:.2f} s")
     hasher = NgramHasher(config, tokenizer)
+    stored = ""
+    if demo.e2e and worker is not None and worker.row_dtype != config.row_dtype:
+        as_stored = config.replace(row_dtype=worker.row_dtype)
+        stored = f"; the end-to-end part stores them as {as_stored.row_dtype}, {as_stored.row_bytes} B (--row-dtype)"
     print(f"config {demo.config}: Engram at layers {config.layer_ids}, {2}..{config.max_ngram_size}-grams, "
-          f"{config.n_head_per_ngram} heads x {config.head_dim} values, {config.row_dtype} rows of "
-          f"{config.row_bytes} B\n")
+          f"{config.n_head_per_ngram} heads x {config.head_dim} values; the preset's rows are "
+          f"{config.row_dtype}, {config.row_bytes} B{stored}\n")
 
     paths = [Path(p) for p in demo.corpus] or default_corpora()
     if paths == [PACKAGED_SAMPLE]:
@@ -98,6 +104,8 @@ def run(demo: DemoConfig, worker=None) -> int:
         line = f"{name:<28}{len(ids):>10,}{len(ids) / tok_s:>16,.0f}{len(ids) / hash_s:>13,.0f}"
         print(line + "".join(f"{share:>17.1%}" for share in first))
 
+    print("first-touch: the share of a layer's row reads that touch a row for the first time in this text, "
+          "which no cache can serve")
     print("\ntable geometry (rows per Engram layer = sum of its prime-sized sub-tables)")
     print(f"{'preset':<15}{'layers':<10}{'rows per layer':<28}{'dim':>5}{'dtype':>10}{'row B':>7}"
           f"{'B/token':>9}{'params':>9}{'total':>11}")

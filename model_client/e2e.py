@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,9 +140,19 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     # new prompts every repeat (the caches see fresh text); local and remote run the same ones
     prompt_sets = [make_prompts(tokenizer, WorkloadConfig(cfg.sequences, cfg.min_len, cfg.max_len,
                                                           cfg.decode_steps, cfg.seed + r)) for r in range(cfg.repeats)]
-    log(f"building the local model (whole tables in {device} memory) ...")
+    from .row_format import RowFormat
+    from .table_backend import LocalTableBackend
+    log(f"building the local model: the whole tables in {device} memory, the same seeded rows as the store ...")
+    tables = {}
+    for layer in config.layer_ids:  # one line per table: each takes seconds
+        t0 = time.perf_counter()
+        tables[layer] = LocalTableBackend.seeded(hasher.geometry.rows(layer), RowFormat(config.row_dtype, config.head_dim),
+                                                 config.seed, layer)
+        log(f"  local table layer{layer}: {hasher.geometry.rows(layer):,} rows in {time.perf_counter() - t0:.1f} s")
     torch.manual_seed(cfg.seed)
-    local = DemoModel(backbone, config).to(device, dtype).eval()
+    local = DemoModel(backbone, config, tables).to(device, dtype).eval()
+    if not cfg.colocated:
+        log(f"starting the memory service ({cfg.server_workers} processes) on {db} ...")
     server = None if cfg.colocated else ServiceProcess(db, workers=cfg.server_workers)
     try:
         if server:
@@ -157,8 +168,10 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
                        "remote": Runner(remote, hasher, prefetcher, pad_id=config.pad_id)}
             results = {"local": [], "remote": []}
             waits = []
-            for runner in runners.values():  # warm-up (page cache, connections, allocator, kernel
-                runner.run(prompt_sets[0], min(cfg.decode_steps, 2), cfg.prefill_batch)  # choices): not measured
+            for mode, runner in runners.items():  # warm-up (page cache, connections, allocator, kernel
+                t0 = time.perf_counter()           # choices): not measured
+                runner.run(prompt_sets[0], min(cfg.decode_steps, 2), cfg.prefill_batch)
+                log(f"  warm-up {mode:<6}: {time.perf_counter() - t0:.1f} s (not measured)")
             match = True
             for r in range(cfg.repeats):
                 for mode, runner in runners.items():
@@ -192,7 +205,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
            "table_bytes": hasher.geometry.total_bytes, "device_cache_bytes": cfg.device_cache_mb << 20,
            "host_cache_bytes": cfg.host_cache_mb << 20, "host_mirror_tables": mirrored[0],
            "host_mirror_bytes": mirrored[1], "policy": cfg.policy, "outputs_match": match,
-           "kernels": "triton" if kernels.use_triton(torch.empty(0, device=device)) else "reference"}
+           "kernels": "triton" if kernels.use_triton(torch.empty(0, device=device)) else "reference",
+           "table_store": str(db), "row_dtype": config.row_dtype}
     for phase in ("prefill", "decode"):
         for mode in ("local", "remote"):
             out[f"{phase}_{mode}_tokens_per_s"] = med([getattr(r, f"{phase}_tokens_per_s") for r in results[mode]])
@@ -214,7 +228,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
 def report(out: dict) -> str:
     gib = out["table_bytes"] / 2**30
     lines = [
-        f"tables: {out['table_rows']:,} rows ({gib:.2f} GiB) via {out['mode']}; device cache "
+        f"tables: {out['table_rows']:,} {out.get('row_dtype', '')} rows ({gib:.2f} GiB) in "
+        f"{out.get('table_store', 'the store')}, read via {out['mode']}; device cache "
         f"{out['device_cache_bytes'] >> 20} MiB ({out['table_bytes'] / out['device_cache_bytes']:.0f}x smaller than "
         f"the tables), host cache {out['host_cache_bytes'] >> 20} MiB, host mirror "
         f"{', '.join(out.get('host_mirror_tables', [])) or 'none'}, policy {out['policy']}, "
@@ -224,11 +239,16 @@ def report(out: dict) -> str:
         f"workload: {out['sequences']} sequences, {out['prefill_tokens']:,} prompt tokens, then "
         f"{out['decode_tokens']:,} decode tokens",
         "",
-        f"{'phase':<9}{'local tok/s':>13}{'remote tok/s':>14}{'ratio':>8}{'exposed wait':>14}",
+        f"{'phase':<9}{'local tok/s':>13}{'remote tok/s':>14}{'remote/local':>14}{'exposed wait':>14}",
     ]
     for phase in ("prefill", "decode"):
-        lines.append(f"{phase:<9}{out[f'{phase}_local_tokens_per_s']:>13,.0f}{out[f'{phase}_remote_tokens_per_s']:>14,.0f}"
-                     f"{out[f'{phase}_ratio_remote_to_local']:>8.3f}{out[f'{phase}_exposed_wait_share']:>13.1%}")
+        local, remote = out[f"{phase}_local_tokens_per_s"], out[f"{phase}_remote_tokens_per_s"]
+        lines.append(f"{phase:<9}{local:>13,.0f}{remote:>14,.0f}{remote / local:>14.3f}"
+                     f"{out[f'{phase}_exposed_wait_share']:>13.1%}")
+    lines += [f"(medians of {out['repeats']} runs each; the median of the back-to-back pairs' ratios, robust to the "
+              f"machine's speed drifting: prefill {out['prefill_ratio_remote_to_local']:.3f}, decode "
+              f"{out['decode_ratio_remote_to_local']:.3f}. Exposed wait: the share of the remote run's time spent "
+              "waiting for rows that the layers before each Engram layer could not hide.)"]
     host = f"{out['host_cache_hit_rate']:.1%}" if out["host_cache_hit_rate"] is not None else "-"
     lines += ["", f"hit rates: device cache {out['device_cache_hit_rate']:.1%}, host cache {host}; "
                   f"{out.get('rows_from_host_mirror', 0):,} rows read from the host mirror, "
