@@ -14,12 +14,10 @@ source docker/smoke_setup.sh  # started, BASE_TAG, log(); engine, base image, wh
 
 export ENGRAM_BASE_IMAGE=$BASE_TAG ENGRAM_ROUNDS=0
 compose=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.sharded.yml)
-cleanup() { "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
+cleanup() { "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; stop_engine; }
 trap cleanup EXIT
-log "building images"
-"${compose[@]}" build >/tmp/engram-sharded-build.log 2>&1 || { tail -30 /tmp/engram-sharded-build.log; exit 1; }
 log "up: 4 loaders, 4 replicas, 2 workers"
-"${compose[@]}" up -d --scale worker=2 >/tmp/engram-sharded-up.log 2>&1 || { tail -30 /tmp/engram-sharded-up.log; exit 1; }
+"${compose[@]}" up -d --no-build --scale worker=2 >/tmp/engram-sharded-up.log 2>&1 || { tail -30 /tmp/engram-sharded-up.log; exit 1; }
 
 container() { "${compose[@]}" ps -q "$1"; }
 wait_healthy() {

@@ -18,12 +18,10 @@ source docker/smoke_setup.sh  # started, BASE_TAG, log(); engine, base image, wh
 docker/make_secrets.sh >/dev/null  # the read and admin tokens, compose secrets
 export ENGRAM_BASE_IMAGE=$BASE_TAG ENGRAM_TARGET=127.0.0.1:${ENGRAM_PORT:-50051} ENGRAM_ROUNDS=0
 compose=("${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f docker-compose.host.yml)
-cleanup() { "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; }
+cleanup() { "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true; stop_engine; }
 trap cleanup EXIT
-log "building images"
-"${compose[@]}" build >/tmp/engram-smoke-build.log 2>&1 || { tail -30 /tmp/engram-smoke-build.log; exit 1; }
 log "up, 2 workers"
-"${compose[@]}" up -d --scale worker=2 >/tmp/engram-smoke-up.log 2>&1 || {
+"${compose[@]}" up -d --no-build --scale worker=2 >/tmp/engram-smoke-up.log 2>&1 || {
   tail -30 /tmp/engram-smoke-up.log
   for s in loader memory; do echo "--- $s"; "${compose[@]}" logs --tail 20 "$s"; done
   exit 1; }

@@ -35,6 +35,16 @@ def _bind_admin_socket(server, path: str) -> None:
         st = None
     if st is not None and not __import__("stat").S_ISSOCK(st.st_mode):
         raise RuntimeError(f"--admin-socket {path} exists and is not a socket: remove it or pick another path")
+    if st is not None:  # another server's live socket (replicas sharing a store) is not taken over
+        probe = socket.socket(socket.AF_UNIX)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+            raise FileExistsError(path)
+        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+            pass  # a stale socket of an earlier run: replaced below
+        finally:
+            probe.close()
     old = os.umask(0o177)
     try:
         if not server.add_insecure_port(f"unix:{path}"):
@@ -49,11 +59,15 @@ def _reserve_port(host: str, port: int, flag: str = "--port"):
     """Hold the port with SO_REUSEPORT so the workers can all bind it (grpc's multiprocessing example)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
+    # SO_REUSEADDR: connections of a server that just stopped linger in TIME_WAIT and must not block a
+    # restart on its port; on Linux it never lets a second socket bind beside one that is listening.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:  # first without SO_REUSEPORT: another server holding the port with it must not be joined
         sock.bind((host, port))
         port = sock.getsockname()[1]
         sock.close()
         sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as e:
@@ -124,8 +138,13 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     if socket_path:
         local_server = make(admin_here=True, admin_open=True)
         add_to_server(memory, admin, local_server)  # reads too (a loader checks what is published)
-        _bind_admin_socket(local_server, socket_path)
-        local_server.start()
+        try:
+            _bind_admin_socket(local_server, socket_path)
+            local_server.start()
+        except FileExistsError:
+            local_server = None
+            log(logger, logging.WARNING, "admin socket in use by another server on this store; this one "
+                "serves none (give it --admin-socket PATH)", admin_socket=socket_path)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [pb2.DESCRIPTOR.services_by_name[s].full_name for s in ("MemoryService", "AdminService")]

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from memory_service.manifest import TableManifest
+from memory_service.process import ServiceProcess
 from model_client import MemoryClient, MemoryServiceError
 from model_client.row_format import RowFormat
 from model_client.table_init import seeded_rows
@@ -265,3 +266,27 @@ def test_sigterm_is_graceful_and_a_missing_store_is_a_clear_error(tmp_path):
     messages = [e["msg"] for e in server.logs()]
     assert messages.count("worker stopped") == 2 and messages[-1] == "stopped"
     assert json.dumps(server.logs()[0])  # every line is one JSON object
+
+
+def test_a_busy_port_is_one_line_and_a_stopped_servers_port_is_free_again(tmp_path):
+    """A second server on a taken --port or --metrics-port exits 2 with one line, never joining the first's
+    SO_REUSEPORT group; once the first stops, its port (TIME_WAIT connections and all) serves again."""
+    db = tmp_path / "db"
+    fill_store(db, dtypes={2: "bfloat16"})
+    first = Server(db, workers=1)
+    first.wait_serving()
+    with MemoryClient(first.target) as client:
+        client.lookup("layer2", np.arange(10))
+    for flags, named in ((("--port", str(first.port)), "--port"),
+                         (("--metrics-port", str(first.metrics_port)), "--metrics-port")):
+        with pytest.raises(RuntimeError, match="exited with 2") as e:
+            ServiceProcess(db, *flags, workers=1)
+        tail = [line for line in str(e.value).splitlines() if line.strip()][-1]
+        assert f"{named} " in tail and "pick another" in tail and "Traceback" not in str(e.value)
+    port = first.port
+    assert first.stop() == 0
+    again = Server(db, "--port", str(port), workers=1)
+    again.wait_serving()
+    with MemoryClient(again.target) as client:
+        np.testing.assert_array_equal(client.lookup("layer2", np.arange(10)), expected_rows(2)[:10])
+    again.stop()
