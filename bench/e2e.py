@@ -8,8 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_client.e2e import WorkerConfig, report, run_comparison
-
+from .comparison import WorkerConfig, report, run_comparison
 from .report import machine
 
 

@@ -68,11 +68,11 @@ LATENCY_SAMPLES = 200_000
 
 
 def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, results):
+    from core.malloc import trim
+    from core.row_format import RowFormat
     from memory_service.checkpoint import RandomRows
     from model_client import EngramConfig, MemoryServiceError, TableGeometry
     from model_client.cluster_client import ClusterClient
-    from model_client.malloc import trim
-    from model_client.row_format import RowFormat
     config = EngramConfig.from_dict(config_json)
     rows = TableGeometry.from_config(config).rows(1)
     expect = RowFormat(config.row_dtype, config.head_dim).encode(RandomRows(0, 1, config.head_dim).rows(0, rows))
@@ -91,7 +91,7 @@ def _client(cluster_path, config_json, batch_rows, duration_s, seed, start_at, r
         samples, next_sample = [], t_start
         while time.monotonic() < t_end:
             if time.monotonic() >= next_sample:  # resident memory over time: a leak keeps climbing
-                trim()  # what is in use, not freed memory glibc keeps (model_client/malloc.py)
+                trim()  # what is in use, not freed memory glibc keeps (core/malloc.py)
                 samples.append(_rss_kib([os.getpid()]) / 1024)
                 next_sample += duration_s / 10
             ids = rng.integers(0, rows, batch_rows)
@@ -125,12 +125,12 @@ def _free_port() -> int:
 
 
 def run(cfg: FailoverBenchConfig) -> int:
+    from core.cluster import ClusterConfig
+    from core.store import TableStore
+    from core.tokenizer import get_compressed_tokenizer
     from memory_service.checkpoint import RandomRows
-    from memory_service.cluster import ClusterConfig
     from memory_service.loader import load_layer
     from memory_service.process import ServiceProcess
-    from memory_service.store import TableStore
-    from model_client.tokenizer import get_compressed_tokenizer
 
     config, tokenizer = _config(cfg), get_compressed_tokenizer("deepseek-v3")
     work = Path(tempfile.mkdtemp(prefix="engram-failover-"))

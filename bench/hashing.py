@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
+from core.tokenizer import CompressedTokenizer
 from model_client import EngramConfig, NgramHasher
-from model_client.corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
-from model_client.tokenizer import CompressedTokenizer
 
 from .report import machine, write_rows
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
 from model_client import EngramConfig, NgramHasher
-from model_client.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
 
 from .report import machine, write_rows
 

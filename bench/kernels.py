@@ -51,6 +51,7 @@ def _time_ms(fn) -> tuple[float, str]:
 def _warm_up_gpu(seconds: float = 2.0) -> None:
     """Bring an idle GPU to its working clocks before timing anything."""
     import time
+
     import torch
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     t0 = time.perf_counter()
@@ -61,6 +62,7 @@ def _warm_up_gpu(seconds: float = 2.0) -> None:
 
 def _hashing(hasher, B, T):
     import torch
+
     from kernels.hashing import hash_layers, hash_layers_reference
     c = hasher._consts("cuda")
     ids = torch.randint(0, hasher.tokenizer.vocab_size, (B, T), device="cuda")
@@ -75,6 +77,7 @@ def _cache_ops(cfg, config, B, T):
     """(probe, insert) workloads on a warm cache: the step's distinct ids (tokens x columns), half
     of them cached; inserts of fresh misses cycle through prepared batches."""
     import torch
+
     from model_client.row_cache import RowCache
     n = B * T * config.num_columns
     cache = RowCache(cfg.cache_mb << 20, 128, "cuda", "lru")
@@ -105,8 +108,9 @@ def _cache_ops(cfg, config, B, T):
 def _gather(config, B, T, row_dtype):
     import numpy as np
     import torch
+
+    from core.row_format import RowFormat
     from kernels.gather import gather_rows, gather_rows_reference
-    from model_client.row_format import RowFormat
     fmt = RowFormat(row_dtype, config.head_dim)
     n = B * T * config.num_columns
     unique = max(1, int(n * 0.6))                     # real text: ~60% of a batch's rows are distinct
@@ -125,6 +129,7 @@ def _gather(config, B, T, row_dtype):
 
 def _gate(config, B, T):
     import torch
+
     from kernels.gate import gate, gate_reference
     M, D = config.hc_mult, config.hidden_size
     make = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16)  # noqa: E731
@@ -135,6 +140,7 @@ def _gate(config, B, T):
 
 def run(cfg: KernelBenchConfig) -> int:
     import torch
+
     from model_client import EngramConfig, NgramHasher
     if not torch.cuda.is_available():
         raise SystemExit("bench kernels needs a CUDA GPU (the references alone say nothing)")

@@ -127,12 +127,12 @@ TABLE_CONFIG = dict(engram_vocab_size=[50_000, 50_000], n_embed_per_ngram=256, n
 
 def build_table(workdir: str) -> tuple[str, str]:
     """A real store holding layer1 of TABLE_CONFIG, and the table's rows as .npy (to check rows)."""
+    from core.row_format import RowFormat
+    from core.store import TableStore
+    from core.table_init import seeded_rows
     from memory_service.checkpoint import RandomRows
     from memory_service.loader import load_layer
-    from memory_service.store import TableStore
     from model_client import EngramConfig, TableGeometry
-    from model_client.row_format import RowFormat
-    from model_client.table_init import seeded_rows
     config = EngramConfig(**TABLE_CONFIG)
     db = os.path.join(workdir, "db")
     store = TableStore(db, bulk=True)

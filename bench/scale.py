@@ -68,6 +68,7 @@ def _proc_io(pids) -> tuple[int, int]:
 
 def _client(target, config_json, trace, step_rows, duration_s, start_at, results):
     import torch
+
     from model_client import EngramConfig, MemoryClient, MemoryServiceError, TableGeometry
     from model_client.row_cache import RowCache
     config = EngramConfig.from_dict(config_json)
@@ -115,13 +116,13 @@ def replot(paths: list[str], out: str) -> int:
 def run(cfg: ScaleBenchConfig) -> int:
     if cfg.replot:
         return replot(cfg.replot, cfg.out)
+    from core.corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
+    from core.store import TableStore
+    from core.tokenizer import get_compressed_tokenizer
     from memory_service.checkpoint import RandomRows
     from memory_service.loader import load_layer
     from memory_service.process import ServiceProcess
-    from memory_service.store import TableStore
     from model_client import NgramHasher
-    from model_client.corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
-    from model_client.tokenizer import get_compressed_tokenizer
 
     base = Path(cfg.db_dir or tempfile.mkdtemp(prefix="engram-scale-"))
     tokenizer = get_compressed_tokenizer("deepseek-v3")

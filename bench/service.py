@@ -18,8 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import store as floors_mod
-from . import tables
+from . import store as floors_mod, tables
 from .report import machine, write_rows
 
 
@@ -123,7 +122,7 @@ def _start_server(db: str, workers: int, *flags: str) -> tuple[subprocess.Popen,
 
 def run_against(cfg: ServiceBenchConfig) -> int:
     """Lookups against a running service (e.g. docker-compose's): every published table."""
-    from memory_service.auth import read_secret
+    from core.credentials import read_secret
     from model_client import MemoryClient
     token = read_secret(cfg.token_file, "--token-file") or None
     with MemoryClient(cfg.target, token=token) as client:

@@ -18,8 +18,8 @@ import time
 import lmdb
 import numpy as np
 
-from memory_service.reader import StoreReader
-from memory_service.store import TableStore
+from core.reader import StoreReader
+from core.store import TableStore
 
 BATCHES = (1, 64, 4096, 65536)
 

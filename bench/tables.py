@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from memory_service import row_check
+from core import row_check
+from core.reader import StoreReader
+from core.store import TableStore
 from memory_service.checkpoint import RandomRows
 from memory_service.loader import load_layer
-from memory_service.reader import StoreReader
-from memory_service.store import TableStore
 from model_client import EngramConfig
 
 CONFIGS = {

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model_client.config import FP8_BLOCK
+from core.config import FP8_BLOCK
 
 _STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -79,7 +79,7 @@ def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tens
 
 def gather_rows_reference(cache_data, fetched, loc, inverse, row_dtype, head_dim, dtype):
     """The same with PyTorch ops: assemble the unique rows, expand, decode (RowFormat.decode_torch)."""
-    from model_client.row_format import RowFormat
+    from core.row_format import RowFormat
     cached = loc >= 0
     unique = torch.empty(len(loc), cache_data.shape[1], dtype=torch.uint8, device=cache_data.device)
     unique[cached] = cache_data[loc[cached]]

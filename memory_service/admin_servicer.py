@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from core.logs import log
+from core.manifest import TableManifest
+from core.store import StoreError, TableStore, checked_table_name
 from protos import pb2, pb2_grpc
 
 from .call_record import CallRecord
-from .logs import log
-from .manifest import TableManifest
-from .store import StoreError, TableStore, checked_table_name
 
 logger = logging.getLogger("engram_memory")
 

@@ -21,18 +21,6 @@ OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 ADMIN = "/engram_memory.v1.AdminService/"
 
 
-def read_secret(path: str, what: str) -> str:
-    if not path:
-        return ""
-    try:
-        secret = Path(path).read_text().strip()
-    except OSError as e:
-        raise ValueError(f"{what} {path}: {e.strerror}") from None
-    if not secret:
-        raise ValueError(f"{what} {path} is empty")
-    return secret
-
-
 def server_credentials(cert: str, key: str, client_ca: str = ""):
     """TLS for a port; with client_ca, clients must present a certificate it signed."""
     def read(path, what):
@@ -107,34 +95,3 @@ def _refuse(handler, code, message: str):
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(lambda req, ctx: iter([abort(req, ctx)]))
     return grpc.unary_unary_rpc_method_handler(abort)
-
-
-class TokenMetadata(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor,
-                    grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor):
-    """Client side: adds `authorization: Bearer <token>` to every call of a channel."""
-
-    def __init__(self, token: str):
-        self.header = ("authorization", f"Bearer {token}")
-
-    def _details(self, details):
-        metadata = list(details.metadata or []) + [self.header]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_stream_stream(self, continuation, details, requests):
-        return continuation(self._details(details), requests)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation, details, requests):
-        return continuation(self._details(details), requests)
-
-
-class _Details(grpc.ClientCallDetails):
-    def __init__(self, base, metadata):
-        self.method, self.timeout, self.credentials = base.method, base.timeout, base.credentials
-        self.wait_for_ready, self.compression = base.wait_for_ready, getattr(base, "compression", None)
-        self.metadata = metadata

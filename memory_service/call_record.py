@@ -6,9 +6,10 @@ import time
 
 import grpc
 
+from core.logs import log
+from core.store import StoreError
+
 from . import metrics
-from .logs import log
-from .store import StoreError
 
 logger = logging.getLogger("engram_memory")
 # the client does not retry a request refused for its size (it would be refused again)

@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from model_client.table_init import seeded_rows
+from core.table_init import seeded_rows
 
 DEFAULT_TENSOR = "layers.{L}.engram.multi_head_embedding.embedding.weight"
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),

@@ -6,9 +6,9 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from . import row_check
-from .manifest import LOADING
-from .store import TableStore, chunk_key
+from core import row_check
+from core.manifest import LOADING
+from core.store import TableStore, chunk_key
 
 
 @dataclass

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 import lmdb
 from tqdm import tqdm
 
-from model_client.config import ROW_DTYPES, EngramConfig
-from model_client.geometry import TableGeometry
-from model_client.row_format import RowFormat
+from core import row_check
+from core.config import ROW_DTYPES, EngramConfig
+from core.geometry import TableGeometry
+from core.manifest import TableManifest, table_name
+from core.row_format import RowFormat
+from core.store import StoreError, TableStore, chunk_rows_for
 
-from . import row_check
 from .checkpoint import DEFAULT_TENSOR, CheckpointRows, RandomRows
-from .manifest import TableManifest, table_name
-from .store import StoreError, TableStore, chunk_rows_for
 
 PREFETCH_CHUNKS = 3
 
@@ -152,7 +152,7 @@ class LoadConfig:
 
 
 def run_load(cfg: LoadConfig) -> int:
-    from model_client.tokenizer import CompressedTokenizer
+    from core.tokenizer import CompressedTokenizer
 
     config = EngramConfig.load(cfg.config)
     if cfg.dtype:
@@ -163,7 +163,8 @@ def run_load(cfg: LoadConfig) -> int:
         raise ValueError(f"LoadConfig.layers: {unknown} are not Engram layers of this config {config.layer_ids}")
     tokenizer = CompressedTokenizer(config.tokenizer)
     if cfg.target:
-        from .auth import read_secret
+        from core.credentials import read_secret
+
         from .remote_store import RemoteStore
         store = RemoteStore(cfg.target, read_secret(cfg.token_file, "--token-file"), cfg.tls_ca, cfg.wait_s,
                             commit_bytes=cfg.commit_mb << 20)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # 100 us .. 10 s: a cached lookup of one row takes ~0.5 ms over loopback, 65,536 rows ~10-20 ms.
@@ -35,10 +34,11 @@ class ServiceCollector:
         self.db, self.pids = db, pids
 
     def collect(self):
+        from importlib.metadata import PackageNotFoundError, version
+
         import grpc
         import lmdb
         import numpy
-        from importlib.metadata import PackageNotFoundError, version
         try:
             ours = version("engram-memory")
         except PackageNotFoundError:
@@ -51,7 +51,7 @@ class ServiceCollector:
         yield from self._processes()
 
     def _store(self):
-        from .store import StoreError, TableStore
+        from core.store import StoreError, TableStore
         versions = GaugeMetricFamily("engram_table_versions", "Versions of a table in the store", labels=["table"])
         rows = GaugeMetricFamily("engram_table_rows", "Rows of a table's published version", labels=["table"])
         published = GaugeMetricFamily("engram_table_published_version", "A table's published version (0: none)",

@@ -19,7 +19,7 @@ def executable() -> str:
 def command() -> list[str]:
     """The installed console script, or this interpreter running the package where it is not installed."""
     exe = executable()
-    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "memory_service"]
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "cli"]
 
 
 class ServiceProcess:

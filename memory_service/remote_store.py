@@ -12,11 +12,10 @@ import time
 
 import grpc
 
+from core.credentials import TokenMetadata
+from core.manifest import TableManifest
+from core.store import COMMIT_BYTES, StoreError
 from protos import pb2, pb2_grpc
-
-from .auth import TokenMetadata
-from .manifest import TableManifest
-from .store import COMMIT_BYTES, StoreError
 
 MAX_MESSAGE = 256 << 20
 

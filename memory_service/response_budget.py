@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
-from .errors import StoreError
+from core.errors import StoreError
 
 
 class ResponseBudget:

@@ -35,7 +35,6 @@ import fcntl
 import logging
 import mmap
 import os
-import re
 import secrets
 import select
 import socket
@@ -48,22 +47,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .store import StoreError
+from core.errors import StoreError
+from core.segment_protocol import (  # noqa: F401
+    DISABLED,
+    HANDED,
+    ID_BYTES,
+    SECRET_BYTES,
+    SOCKET_NAME,
+    SOCKET_PREFIX,
+    UNKNOWN,
+    UNREACHABLE,
+)
 
 logger = logging.getLogger("engram_memory")
 
-SOCKET_PREFIX = "engram-seg-"
-SOCKET_NAME = re.compile(r"engram-seg-[0-9a-f]{32}")
-SECRET_BYTES = 32
-ID_BYTES = 16
-HANDED = b"\x01"           # the byte that carries the fd
 TMPFS_MAGIC = 0x01021994   # memfd_create's files live on the kernel's internal tmpfs mount
 REQUIRED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)  # Linux 5.1; writes would fail
-# The client-side markers (MemoryClient matches them to re-register or fall back).
-UNKNOWN = "segment is not registered on this connection"
-DISABLED = "this server does not write into shared memory"
-UNREACHABLE = "segment socket cannot be reached from this server"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -20,7 +20,8 @@ from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from .logs import log, setup
+from core.logs import log, setup
+
 from .service_config import ServiceConfig  # noqa: F401 (the CLI finds ServiceConfig here)
 
 logger = logging.getLogger("engram_memory")
@@ -85,16 +86,16 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from core.credentials import read_secret
+    from core.malloc import keep_large_buffers, trim
+    from core.reader import StoreReader
+    from core.store import StoreError, TableStore
     from protos import pb2
 
-    from .auth import TokenInterceptor, read_secret, server_credentials
-    from .reader import StoreReader
-    from .registry import add_to_server, enable_reflection
     from .admin_servicer import AdminServicer
+    from .auth import TokenInterceptor, server_credentials
+    from .registry import add_to_server, enable_reflection
     from .servicer import MemoryServicer
-    from .store import StoreError, TableStore
-
-    from model_client.malloc import keep_large_buffers, trim
 
     setup(cfg.log_level)
     keep_large_buffers()  # 16 MiB responses reuse heap memory instead of faulting in fresh pages
@@ -213,10 +214,11 @@ def _wait_ready(procs, ready, timeout_s: float = 120) -> None:
 def serve(cfg: ServiceConfig) -> int:
     setup(cfg.log_level)
     if cfg.create:
-        from .store import TableStore
+        from core.store import TableStore
         TableStore(cfg.db).close()
-    from .auth import read_secret
-    from .store import StoreError
+    from core.credentials import read_secret
+    from core.store import StoreError
+
     from .store_check import check_store
     read, admin = read_secret(cfg.token_file, "--token-file"), read_secret(cfg.admin_token_file, "--admin-token-file")
     if read and read == admin:
@@ -225,8 +227,8 @@ def serve(cfg: ServiceConfig) -> int:
     for warning in check_store(cfg.db):  # a damaged store raises here, before any worker starts
         log(logger, logging.WARNING, "version not served", reason=warning)
     if cfg.cluster:  # a store holding another shard would serve rows nobody asked it for
-        from .cluster import ClusterConfig
-        from .store import TableStore
+        from core.cluster import ClusterConfig
+        from core.store import TableStore
         store = TableStore(cfg.db, readonly=True)
         try:
             ClusterConfig.load(cfg.cluster).check_store(store.manifests(), cfg.shard)

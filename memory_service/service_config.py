@@ -38,7 +38,7 @@ class ServiceConfig:
         "help": "how often readers look for newly published versions, milliseconds"})
     huge_pages: str = field(default="auto", metadata={
         "help": "map table pages 2 MiB at a time (one TLB entry per 2 MiB of rows): auto = when the "
-                "store's used bytes fit in half of the memory; on; off (memory_service/huge_pages.py)"})
+                "store's used bytes fit in half of the memory; on; off (core/huge_pages.py)"})
     trim_s: float = field(default=60.0, metadata={
         "help": "seconds between giving freed heap memory back to the kernel (malloc_trim; 0: never): "
                 "responses keep up to 256 MiB of freed buffers for reuse in between"})
@@ -63,7 +63,7 @@ class ServiceConfig:
                 "the main port (-1: the main port; 0: a free one)"})
     admin_host: str = field(default="127.0.0.1", metadata={"help": "address of the admin port"})
     cluster: str = field(default="", metadata={
-        "help": "cluster config (JSON shard map, see memory_service/cluster.py); with --shard, the "
+        "help": "cluster config (JSON shard map, see core/cluster.py); with --shard, the "
                 "server refuses a store holding another shard"})
     shard: int = field(default=-1, metadata={"help": "this server's shard in --cluster"})
     shared_memory: bool = field(default=True, metadata={

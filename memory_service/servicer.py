@@ -15,16 +15,18 @@ from contextlib import ExitStack
 import grpc
 import numpy as np
 
+from core import wire
+from core.manifest import TableManifest
+from core.reader import StoreReader
+from core.store import StoreError, TableStore, checked_table_name
 from protos import pb2, pb2_grpc
 
-from . import metrics, wire
+from . import metrics
 from .call_record import NOT_RETRYABLE, CallRecord, abort
-from .manifest import TableManifest
-from .reader import StoreReader
 from .response_budget import ResponseBudget
 from .segments import SegmentTable
-from .store import StoreError, TableStore, checked_table_name
 from .stream_governor import StreamGovernor
+
 
 class MemoryServicer(pb2_grpc.MemoryServiceServicer):
     def __init__(self, store: TableStore, reader: StoreReader, max_request_rows: int, max_message_bytes: int,

@@ -3,16 +3,16 @@ and what is wrong, instead of crashing a server process on the first lookup into
 
 At open (`serve`, cheap): LMDB's meta pages are valid, data.mdb holds every page they say is in use
 (store.open_env), every manifest parses (TableStore), and every ready or published version's chunks
-are where its chunk map says, the right size, inside the file (reader.TableView). The rows themselves
+are where its chunk map says, the right size, inside the file (table_view.TableView). The rows themselves
 are checked on every read (row_check.py); `info --verify` reads them all.
 """
 from __future__ import annotations
 
 import logging
 
-from .manifest import PUBLISHED, READY
-from .reader import Snapshot
-from .store import StoreError, TableStore
+from core.manifest import PUBLISHED, READY
+from core.reader import Snapshot
+from core.store import StoreError, TableStore
 
 logger = logging.getLogger("engram_memory")
 

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .store import StoreError
+from core.store import StoreError
 
 WAITING, WORKING, SENDING = "waiting", "working", "sending"
 

@@ -1,12 +1,16 @@
-"""What a model worker imports: config, hashing, the Engram module and (later) the row cache.
+"""What a model worker imports: the hasher, the Engram module, the row cache and tiers, the
+prefetcher, MemoryClient and ClusterClient, and the worker loop.
 
-The torch-free parts (config, geometry, tokenizer, hasher on numpy) import eagerly; the torch parts
-load on first use so the memory service can share this package without torch installed.
+EngramConfig, TableGeometry and CompressedTokenizer live in core/ and are re-exported here. The
+torch-free parts import eagerly; the torch parts load on first use, so a client that only looks rows
+up (MemoryClient, `engram-memory stats`) needs no torch. Depends on core/, protos/ and kernels/,
+never on memory_service/.
 """
-from .config import EngramConfig, PRESETS, ROW_DTYPES
-from .geometry import TableGeometry
+from core.config import PRESETS, ROW_DTYPES, EngramConfig
+from core.geometry import TableGeometry
+from core.tokenizer import CompressedTokenizer
+
 from .hasher import LookbackState, NgramHasher
-from .tokenizer import CompressedTokenizer
 
 _LAZY = {
     "Engram": "model_client.engram",

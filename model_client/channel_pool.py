@@ -15,8 +15,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
 
-from memory_service import wire
-from memory_service.auth import TokenMetadata
+from core import wire
+from core.credentials import TokenMetadata
 from protos import pb2, pb2_grpc
 
 from .lookup_stream import LookupStream

@@ -1,7 +1,7 @@
 """ClusterClient: lookups against a sharded, replicated memory service, with failover.
 
 The same `lookup(table, row_ids, out=)` as MemoryClient. A batch is split by shard with one
-`searchsorted` over the shard boundaries (memory_service/cluster.py), every shard's part is sent at
+`searchsorted` over the shard boundaries (core/cluster.py), every shard's part is sent at
 once, and the answers are scattered back into request order. Within a shard, calls rotate over the
 replicas; a replica that fails (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, RESOURCE_EXHAUSTED, or
 DATA_LOSS: its copy of those rows is damaged) is left for the next one, each try bounded by
@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 from prometheus_client import Counter
 
-from memory_service.cluster import ClusterConfig
-from memory_service.manifest import TableManifest, shard_bounds
+from core.cluster import ClusterConfig
+from core.manifest import TableManifest, shard_bounds
 
 from .memory_client import MemoryClient, MemoryServiceError, checked_row_ids, checked_tables
 

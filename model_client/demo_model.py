@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import EngramConfig
+from core.config import EngramConfig
+
 from .engram import Engram
 
 

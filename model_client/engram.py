@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.config import EngramConfig
+from core.geometry import TableGeometry
+from core.row_format import RowFormat
 from kernels import use_triton
 
-from .config import EngramConfig
-from .geometry import TableGeometry
-from .row_format import RowFormat
 from .table_backend import LocalTableBackend, TableBackend
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import EngramConfig
-from .geometry import TableGeometry
-from .tokenizer import CompressedTokenizer, check_ids_in_range, get_compressed_tokenizer
+from core.config import EngramConfig
+from core.geometry import TableGeometry
+from core.tokenizer import CompressedTokenizer, check_ids_in_range, get_compressed_tokenizer
 from kernels import use_triton
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -145,8 +145,9 @@ class NgramHasher:
 
     # ---- internals ----------------------------------------------------------------------------------
     def _hash_kernel(self, x, state, lengths, compressed, validate, rows):
-        from kernels.hashing import hash_layers
         import torch
+
+        from kernels.hashing import hash_layers
         if validate:
             check_ids_in_range(x, self.compressed_vocab_size if compressed else self.tokenizer.vocab_size)
         consts = self._consts(x.device)

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 
 import grpc
 
-from memory_service import wire
+from core import wire
 from protos import pb2
 
 _METHOD = "/engram_memory.v1.MemoryService/StreamLookup"

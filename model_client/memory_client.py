@@ -16,15 +16,15 @@ import threading
 import grpc
 import numpy as np
 
-from memory_service import segments
-from memory_service.manifest import TableManifest
+from core import segment_protocol
+from core.config import EngramConfig
+from core.malloc import keep_large_buffers
+from core.manifest import TableManifest
+from core.row_format import RowFormat
+from core.row_ids import checked_row_ids, checked_tables, deduplicate
 from protos import pb2
 
 from .channel_pool import ChannelPool, MemoryServiceError
-from .config import EngramConfig
-from .malloc import keep_large_buffers
-from .row_format import RowFormat
-from .row_ids import checked_row_ids, checked_tables, deduplicate
 from .shared_arena import SharedArena
 
 __all__ = ["MemoryClient", "MemoryServiceError", "checked_row_ids", "checked_tables", "deduplicate"]
@@ -174,7 +174,7 @@ class MemoryClient:
             self._stop_shared_memory()
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION and (
-                    segments.DISABLED in e.details() or segments.UNREACHABLE in e.details()):
+                    segment_protocol.DISABLED in e.details() or segment_protocol.UNREACHABLE in e.details()):
                 self._stop_shared_memory()  # another host or namespace, or --no-shared-memory
             elif e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # refused: a fresh segment next time
                 self._local.retire = True
@@ -205,7 +205,7 @@ class MemoryClient:
         except MemoryServiceError as e:
             if segment is not None:
                 self._local.retire = True  # an abandoned request may still write its rows
-                if again and e.code == grpc.StatusCode.FAILED_PRECONDITION and segments.UNKNOWN in str(e):
+                if again and e.code == grpc.StatusCode.FAILED_PRECONDITION and segment_protocol.UNKNOWN in str(e):
                     # a reconnect, a restarted server process or an evicted registration: register a
                     # fresh segment and try once more
                     self._local.retire = False

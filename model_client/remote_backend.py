@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from .geometry import TableGeometry
+from core.geometry import TableGeometry
+from core.row_format import RowFormat
+
 from .prefetcher import Prefetcher
-from .row_format import RowFormat
 
 
 class RemoteTableBackend:

@@ -27,7 +27,7 @@ import weakref
 
 import numpy as np
 
-from memory_service.segments import HANDED, SECRET_BYTES, SOCKET_PREFIX
+from core.segment_protocol import HANDED, SECRET_BYTES, SOCKET_PREFIX
 
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 

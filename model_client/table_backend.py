@@ -13,8 +13,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .row_format import RowFormat
-from .table_init import seeded_rows
+from core.row_format import RowFormat
+from core.table_init import seeded_rows
 
 
 class TableBackend(Protocol):

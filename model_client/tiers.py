@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memory_service.reader import StoreReader
-from memory_service.store import TableStore
+from core.reader import StoreReader
+from core.store import TableStore
 
 from .row_cache import CacheStats, RowCache
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ROW_DTYPES
+from core.config import ROW_DTYPES
+
 from .row_cache import POLICIES
 
 logger = logging.getLogger("engram_memory")
@@ -33,7 +34,7 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 class WorkerLoopConfig:
     target: str = field(default="127.0.0.1:50051", metadata={"help": "memory service address host:port"})
     cluster: str = field(default="", metadata={
-        "help": "cluster config JSON of a sharded, replicated service (memory_service/cluster.py); "
+        "help": "cluster config JSON of a sharded, replicated service (core/cluster.py); "
                 "replaces --target"})
     token_file: str = field(default="", metadata={
         "help": "file holding the service's read token (its --token-file), sent with every call"})
@@ -102,17 +103,17 @@ def _row_dtype(client, cfg: "WorkerLoopConfig", config) -> str:
 
 
 def run(cfg: WorkerLoopConfig) -> int:
-    from .config import EngramConfig
+    from core.config import EngramConfig
+    from core.logs import setup
+    from core.tokenizer import get_compressed_tokenizer
+
     from .demo_model import BackboneConfig, DemoModel
     from .hasher import NgramHasher
     from .memory_client import MemoryClient, MemoryServiceError
     from .prefetcher import Prefetcher
     from .remote_backend import RemoteTableBackend
     from .tiers import ServiceTier
-    from .tokenizer import get_compressed_tokenizer
     from .workload import Runner, WorkloadConfig, make_prompts
-
-    from memory_service.logs import setup
     me = worker_id()
     setup(cfg.log_level, stream=sys.stdout, worker=me)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -127,7 +128,7 @@ def run(cfg: WorkerLoopConfig) -> int:
             worker_metrics.serve(cfg.metrics_port)
         except OSError as e:
             _emit("WARNING", "metrics port busy; metrics off", metrics_port=cfg.metrics_port, error=e.strerror)
-    from memory_service.auth import read_secret
+    from core.credentials import read_secret
     token = read_secret(cfg.token_file, "--token-file") or None
     if cfg.cluster:
         from .cluster_client import ClusterClient

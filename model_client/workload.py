@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
+from core.corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
+
 from .hasher import LookbackState, NgramHasher
 
 

@@ -32,8 +32,8 @@ def _fresh(out: Path, digest: str) -> bool:
 
 def generate(out: Path) -> None:
     """Run protoc (from grpcio-tools) on the .proto files into `out`; atomic per file."""
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
     include = Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={tmp}",
@@ -55,7 +55,7 @@ def _output_dir() -> Path:
         candidates = [PROTO_ROOT]
     else:
         candidates = []
-    from model_client.tokenizer import cache_dir
+    from core.tokenizer import cache_dir
     candidates.append(cache_dir() / f"protos-{digest[:16]}")
     for out in candidates:
         if _fresh(out, digest):

@@ -8,9 +8,9 @@ if not torch.cuda.is_available():  # kernels run through Triton's interpreter on
 import numpy as np
 import pytest
 
+from core.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
+from core.tokenizer import get_compressed_tokenizer
 from model_client import EngramConfig, NgramHasher
-from model_client.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
-from model_client.tokenizer import get_compressed_tokenizer
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from core.row_format import RowFormat
+from core.store import TableStore
+from core.table_init import seeded_rows
+from core.tokenizer import get_compressed_tokenizer
 from memory_service.checkpoint import RandomRows
 from memory_service.loader import load_layer
 from memory_service.process import ServiceProcess, executable
-from memory_service.store import TableStore
 from model_client import EngramConfig, TableGeometry
-from model_client.row_format import RowFormat
-from model_client.table_init import seeded_rows
-from model_client.tokenizer import get_compressed_tokenizer
 
 EXE = executable()
 DTYPE_LAYERS = {1: "float32", 2: "bfloat16", 3: "float16", 4: "fp8-e4m3"}

@@ -69,7 +69,7 @@ def test_replay_equals_the_real_row_cache(policy):
 def test_hit_rate_bench_writes_rows_and_plots(tmp_path):
     from bench.hit_rate import HitRateConfig, run
     text = tmp_path / "small.txt"
-    from model_client.corpus import PACKAGED_SAMPLE
+    from core.corpus import PACKAGED_SAMPLE
     text.write_text(PACKAGED_SAMPLE.read_text()[:60_000])
     out = tmp_path / "hr.json"
     assert run(HitRateConfig(corpora=[str(text)], tokens=8192, seq_len=512, sizes=[0.0005, 0.005],

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model_client.config import ROW_DTYPES
-from model_client.row_format import RowFormat
+from core.config import ROW_DTYPES
+from core.row_format import RowFormat
 
 from . import DEVICES
 

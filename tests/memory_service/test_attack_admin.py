@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from memory_service.store import TableStore
+from core.store import TableStore
 from model_client import MemoryClient
 
 from ..served import EXE, Server, expected_rows, fill_store

@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from memory_service import chunk_map
-from memory_service.store import TableStore, chunk_key
+from core import chunk_map
+from core.store import TableStore, chunk_key
 from model_client import MemoryClient, MemoryServiceError
 
 from ..served import EXE, Server, expected_rows, fill_store, free_port
@@ -68,8 +68,8 @@ def test_flipped_bytes_are_data_loss_never_rows(tmp_path):
 
 
 def test_a_cluster_client_reads_around_a_damaged_replica(tmp_path):
+    from core.cluster import ClusterConfig
     from model_client.cluster_client import ClusterClient
-    from memory_service.cluster import ClusterConfig
     expect = expected_rows(LAYER)
     good, bad = store_with(tmp_path, "good"), store_with(tmp_path, "bad")
     attack("flip", file=str(bad / "data.mdb"), offsets=[row_offset(bad, 700) + 3, row_offset(bad, 3000) + 9])

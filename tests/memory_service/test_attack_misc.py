@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from memory_service.store import TableStore
+from core.store import TableStore
 from protos import pb2
 
 from ..served import EXE, expected_rows, fill_store

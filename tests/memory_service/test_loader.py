@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from core.reader import StoreReader
+from core.row_format import RowFormat
+from core.store import TableStore
+from core.table_init import seeded_rows
 from memory_service.checkpoint import CheckpointRows
-from memory_service.reader import StoreReader
-from memory_service.store import TableStore
 from model_client import EngramConfig, TableGeometry
-from model_client.row_format import RowFormat
-from model_client.table_init import seeded_rows
 
 from ..served import EXE, Server, tiny_config
 

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from memory_service.store import TableStore
+from core.store import TableStore
 from model_client import MemoryClient
 from protos import pb2
 

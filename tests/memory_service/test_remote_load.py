@@ -5,9 +5,9 @@ import subprocess
 
 import numpy as np
 
+from core.row_format import RowFormat
+from core.table_init import seeded_rows
 from model_client import MemoryClient
-from model_client.row_format import RowFormat
-from model_client.table_init import seeded_rows
 
 from ..served import EXE, Server
 

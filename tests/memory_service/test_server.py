@@ -10,11 +10,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from memory_service.manifest import TableManifest
+from core.manifest import TableManifest
+from core.row_format import RowFormat
+from core.table_init import seeded_rows
 from memory_service.process import ServiceProcess
 from model_client import MemoryClient, MemoryServiceError
-from model_client.row_format import RowFormat
-from model_client.table_init import seeded_rows
 from protos import pb2, pb2_grpc
 
 from ..served import DTYPE_LAYERS, Server, expected_rows, fill_store, tiny_config
@@ -188,9 +188,9 @@ def test_publishing_while_clients_read(tmp_path):
     for t in threads:
         t.start()
     time.sleep(0.5)
+    from core.store import TableStore
     from memory_service.checkpoint import RandomRows
     from memory_service.loader import load_layer
-    from memory_service.store import TableStore
     store = TableStore(db)
     cfg = tiny_config(row_dtype="float16")
     load_layer(store, cfg, 3, RandomRows(1, 3, cfg.head_dim), "sha", 98_627, progress=False, chunk_rows=1024)
@@ -254,8 +254,9 @@ def test_admin_service_creates_writes_and_publishes(served_store):
 
 
 def test_sigterm_is_graceful_and_a_missing_store_is_a_clear_error(tmp_path):
-    from ..served import EXE
     import subprocess
+
+    from ..served import EXE
     out = subprocess.run([EXE, "serve", "--db", str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no table store there" in out.stderr
     db = tmp_path / "db"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from memory_service.cluster import ClusterConfig
+from core.cluster import ClusterConfig
 from model_client import MemoryServiceError
 from model_client.cluster_client import ClusterClient
 from model_client.tiers import ServiceTier

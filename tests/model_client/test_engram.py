@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.row_format import RowFormat
 from model_client import Engram, NgramHasher
-from model_client.row_format import RowFormat
 from model_client.table_backend import LocalTableBackend
 
 from ..conftest import real_text_ids, small_config

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.geometry import TableGeometry
 from model_client import EngramConfig, NgramHasher
-from model_client.geometry import TableGeometry
 
 from ..conftest import real_text_ids
 

@@ -87,10 +87,10 @@ def test_a_version_for_another_config_is_refused(tmp_path, ds_tokenizer):
 
 
 def load_for_another_config(db):
+    from core.store import TableStore
+    from core.tokenizer import get_compressed_tokenizer
     from memory_service.checkpoint import RandomRows
     from memory_service.loader import load_layer
-    from memory_service.store import TableStore
-    from model_client.tokenizer import get_compressed_tokenizer
     tokenizer, other = get_compressed_tokenizer("deepseek-v3"), CONFIG.replace(seed=7)
     store = TableStore(db)
     load_layer(store, other, LAYER, RandomRows(0, LAYER, other.head_dim), tokenizer.sha256,

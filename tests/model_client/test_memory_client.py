@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
+from core.tokenizer import get_compressed_tokenizer
 from model_client import EngramConfig, MemoryClient, MemoryServiceError
 from model_client.memory_client import deduplicate
-from model_client.tokenizer import get_compressed_tokenizer
 
 from ..served import Server, expected_rows, fill_store, free_port, tiny_config
 

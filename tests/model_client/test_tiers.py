@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from memory_service.store import StoreError
+from core.store import StoreError
 from model_client import MemoryClient
 from model_client.host_mirror import HostMirror
 from model_client.tiers import CacheTier, ServiceTier, StoreTier, fetch

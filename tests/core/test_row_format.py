@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_client.row_format import RowFormat
+from core.row_format import RowFormat
 
 DTYPES = ["float32", "bfloat16", "float16", "fp8-e4m3"]
 

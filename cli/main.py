@@ -6,11 +6,11 @@ import argparse
 import importlib
 import sys
 
-from .store import StoreError
+from core.store import StoreError
 
 # name: (config "module:Class", runner "module:function", one-line help, description)
 COMMANDS = {
-    "demo": ("model_client.demo:DemoCommand", "model_client.demo:run_command",
+    "demo": ("cli.demo:DemoCommand", "cli.demo:run_command",
              "run the main job end to end on embedded defaults",
              "Tokenize real text (DeepSeek-V3 tokenizer), hash it into Engram row ids and report row reuse "
              "and the table geometry of every preset; then create the demo tables in an LMDB store "
@@ -36,7 +36,7 @@ COMMANDS = {
     "health": ("memory_service.health:HealthConfig", "memory_service.health:run_health",
                "exit 0 if the memory service answers SERVING (a container healthcheck)",
                "Ask a memory service's gRPC health service; exit 0 on SERVING, 1 otherwise."),
-    "stats": ("memory_service.stats_command:StatsConfig", "memory_service.stats_command:run_stats",
+    "stats": ("model_client.stats_command:StatsConfig", "model_client.stats_command:run_stats",
               "what each process of a running memory service has served",
               "Ask a running memory service's Stats over several connections (one server process answers "
               "each) and print requests, errors, rows and bytes served per process."),
@@ -97,7 +97,7 @@ def _load_attr(spec: str):
 def _add(sub, name: str, entry, with_flags: bool) -> None:
     """A subcommand; its flags (which import its config module) only for the one being run, so the
     memory service's image runs `serve` without torch installed."""
-    from model_client.flags import add_dataclass_flags
+    from core.flags import add_dataclass_flags
     config, runner, help_text, description = entry
     parser = sub.add_parser(name, help=help_text, description=description)
     if with_flags:
@@ -126,7 +126,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model_client.flags import dataclass_from_args, given_flags, in_flag_terms
+    from core.flags import dataclass_from_args, given_flags, in_flag_terms
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     config, runner, _, _ = args.entry

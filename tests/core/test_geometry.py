@@ -1,7 +1,7 @@
 import numpy as np
 
+from core.geometry import is_prime, next_unused_prime
 from model_client import EngramConfig, TableGeometry
-from model_client.geometry import is_prime, next_unused_prime
 
 
 def test_published_table_sizes():

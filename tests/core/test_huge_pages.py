@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory_service import huge_pages
-from memory_service.reader import StoreReader
+from core import huge_pages
+from core.reader import StoreReader
+from core.store import TableStore
 from memory_service.server import ServiceConfig
-from memory_service.store import TableStore
 
 from ..served import fill_store
 

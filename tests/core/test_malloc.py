@@ -7,8 +7,8 @@ from memory_service.server import ServiceConfig
 
 def test_trim_gives_freed_heap_memory_back():
     """The service's periodic malloc_trim (--trim-s): freed buffers kept by the raised glibc
-    thresholds (model_client/malloc.py) leave the resident set."""
-    from model_client.malloc import keep_large_buffers, trim
+    thresholds (core/malloc.py) leave the resident set."""
+    from core.malloc import keep_large_buffers, trim
 
     def rss_anon_kib():
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("RssAnon:"))

@@ -31,34 +31,10 @@ from . import chunk_map, row_check
 from .environment import DEFAULT_MAP_SIZE, open_env, write_error
 from .errors import StoreError, checked_table_name  # noqa: F401 (imported from here across the project)
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
+from .store_keys import chunk_key, chunk_rows_for, current_key, manifest_key, u64  # noqa: F401 (re-exported)
 
 COMMIT_BYTES = 256 << 20         # bounds a load's dirty pages: one commit per 256 MiB of rows
-MAX_CHUNK_BYTES = 16 << 20
 DROPPING = "dropping"
-
-
-def chunk_rows_for(row_bytes: int) -> int:
-    """Largest power of two of rows within 16 MiB: 65,536 rows of 256 B or 160 B, 32,768 of 264 B."""
-    rows = 1
-    while rows * 2 * row_bytes <= MAX_CHUNK_BYTES:
-        rows *= 2
-    return rows
-
-
-def _u64(v: int) -> bytes:
-    return struct.pack(">Q", v)
-
-
-def manifest_key(table: str, version: int) -> bytes:
-    return b"manifest/" + table.encode() + b"/" + _u64(version)
-
-
-def current_key(table: str) -> bytes:
-    return b"current/" + table.encode()
-
-
-def chunk_key(table: str, version: int, chunk: int) -> bytes:
-    return table.encode() + b"\0" + _u64(version) + _u64(chunk)
 
 
 def _named_version(action: str, table: str, version: int) -> None:
@@ -266,7 +242,7 @@ class TableStore:
                 txn.put(manifest_key(table, previous), old.to_json().encode(), db=self.meta)
             manifest.status = PUBLISHED
             txn.put(manifest_key(table, version), manifest.to_json().encode(), db=self.meta)
-            txn.put(current_key(table), _u64(version), db=self.meta)
+            txn.put(current_key(table), u64(version), db=self.meta)
         return previous if previous != version else 0
 
     def drop(self, table: str, version: int, force: bool = False) -> None:

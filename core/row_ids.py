@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from memory_service.manifest import TableManifest, table_name
-
 from .config import EngramConfig
+from .manifest import TableManifest, table_name
 
 
 def checked_row_ids(row_ids, manifest: TableManifest) -> np.ndarray:

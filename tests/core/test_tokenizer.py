@@ -5,7 +5,7 @@ import pytest
 import tokenizers
 from tokenizers import Tokenizer, models
 
-from model_client.tokenizer import CompressedTokenizer, resolve_tokenizer_path
+from core.tokenizer import CompressedTokenizer, resolve_tokenizer_path
 
 
 def test_deepseek_v3_compresses_to_98627(ds_tokenizer):

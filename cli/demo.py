@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, EngramConfig
-from .corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpora_dir, corpus_file, read_lines
-from .e2e import WorkerConfig
-from .geometry import TableGeometry
-from .hasher import NgramHasher
-from .tokenizer import CompressedTokenizer
+from bench.comparison import WorkerConfig
+from core.config import PRESETS, EngramConfig
+from core.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpora_dir, corpus_file, read_lines
+from core.geometry import TableGeometry
+from core.tokenizer import CompressedTokenizer
+from model_client.hasher import NgramHasher
 
 
 @dataclass
@@ -118,7 +118,7 @@ def run(demo: DemoConfig, worker=None) -> int:
               f"{geo.total_bytes / 2**30:>7.1f} GiB")
     print("\nB/token: row bytes one token reads across all its Engram layers (columns x row bytes).")
     if demo.e2e:
-        from .e2e import report, run_comparison
+        from bench.comparison import report, run_comparison
         worker = dataclasses.replace(worker or WorkerConfig(), config=demo.config)
         print("\nend to end: the demo model with local tables vs tables in the memory service (--no-e2e skips)")
         out = run_comparison(worker)

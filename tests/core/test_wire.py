@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from memory_service import wire
+from core import wire
 from protos import pb2
 
 

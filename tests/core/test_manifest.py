@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from memory_service.manifest import TableManifest
+from core.manifest import TableManifest
 from model_client import EngramConfig
 
 

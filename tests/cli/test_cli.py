@@ -75,7 +75,7 @@ def test_service_commands_need_no_torch(tmp_path):
                                   "n_head_per_ngram": 2, "layer_ids": [1, 2]}))
     db = str(tmp_path / "db")
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from memory_service.cli import main\n"
+            "from cli.main import main\n"
             "for cmd in (['serve', '--help'], ['load', '--help'], ['info', '--help'], ['drop', '--help']):\n"
             "    try:\n"
             "        main(cmd)\n"
@@ -94,6 +94,7 @@ def test_serve_reads_a_settings_file_and_flags_override_it(tmp_path):
     import json
     import signal
     import subprocess as sp
+
     from ..served import EXE, fill_store, free_port
     db = tmp_path / "db"
     fill_store(db, dtypes={1: "float32"})

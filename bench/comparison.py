@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 
 import kernels
-
-from .config import EngramConfig
-from .demo_model import BackboneConfig, DemoModel
-from .hasher import NgramHasher
-from .row_cache import POLICIES
-from .workload import Runner, WorkloadConfig, make_prompts
+from core.config import EngramConfig
+from model_client.demo_model import BackboneConfig, DemoModel
+from model_client.hasher import NgramHasher
+from model_client.row_cache import POLICIES
+from model_client.workload import Runner, WorkloadConfig, make_prompts
 
 
 @dataclass
@@ -88,10 +87,10 @@ def table_store_path(data_dir: str, config: EngramConfig) -> Path:
 
 def ensure_tables(config: EngramConfig, db: Path, tokenizer) -> None:
     """Load the config's tables with the seeded random init (seed = config.seed) unless published."""
-    from memory_service import row_check
+    from core import row_check
+    from core.store import TableStore
     from memory_service.checkpoint import RandomRows
     from memory_service.loader import load_layer
-    from memory_service.store import TableStore
     store = TableStore(db, bulk=True)
     try:
         for layer in config.layer_ids:
@@ -119,13 +118,12 @@ def _phase_waits(prefetcher, counts_before: dict, prefill_steps: int) -> dict[in
 
 
 def run_comparison(cfg: WorkerConfig, log=print) -> dict:
+    from core.tokenizer import get_compressed_tokenizer
     from memory_service.process import ServiceProcess
-
-    from .memory_client import MemoryClient
-    from .prefetcher import Prefetcher
-    from .remote_backend import RemoteTableBackend
-    from .tiers import ServiceTier, StoreTier
-    from .tokenizer import get_compressed_tokenizer
+    from model_client.memory_client import MemoryClient
+    from model_client.prefetcher import Prefetcher
+    from model_client.remote_backend import RemoteTableBackend
+    from model_client.tiers import ServiceTier, StoreTier
 
     config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
     if cfg.torch_device.type == "cuda":  # cuBLAS's documented condition for run-to-run equal results
@@ -140,8 +138,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     # new prompts every repeat (the caches see fresh text); local and remote run the same ones
     prompt_sets = [make_prompts(tokenizer, WorkloadConfig(cfg.sequences, cfg.min_len, cfg.max_len,
                                                           cfg.decode_steps, cfg.seed + r)) for r in range(cfg.repeats)]
-    from .row_format import RowFormat
-    from .table_backend import LocalTableBackend
+    from core.row_format import RowFormat
+    from model_client.table_backend import LocalTableBackend
     log(f"building the local model: the whole tables in {device} memory, the same seeded rows as the store ...")
     tables = {}
     for layer in config.layer_ids:  # one line per table: each takes seconds

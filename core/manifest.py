@@ -11,8 +11,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from model_client.config import EngramConfig
-from model_client.geometry import TableGeometry
+from .config import EngramConfig
+from .geometry import TableGeometry
 
 LOADING, READY, PUBLISHED = "loading", "ready", "published"
 

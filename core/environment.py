@@ -50,6 +50,7 @@ def write_error(path: Path, env: lmdb.Environment, manifest, error: lmdb.Error) 
     """A failed load commit as one line naming the store and, when the disk is full (LMDB reports
     that as EIO from its commit's writes), the free bytes and the bytes the version still needs."""
     import shutil
+
     from . import row_check
     free = shutil.disk_usage(path).free
     rows_left = manifest.stored_rows - manifest.rows_written

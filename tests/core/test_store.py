@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
+from core.manifest import LOADING, PUBLISHED, READY
+from core.reader import StoreReader
+from core.row_format import RowFormat
+from core.store import StoreError, TableStore, chunk_rows_for
+from core.table_init import seeded_rows
 from memory_service.checkpoint import RandomRows
 from memory_service.loader import load_layer
-from memory_service.manifest import LOADING, PUBLISHED, READY
-from memory_service.reader import StoreReader
-from memory_service.store import StoreError, TableStore, chunk_rows_for
-from model_client.row_format import RowFormat
-from model_client.table_init import seeded_rows
 
 from ..served import DTYPE_LAYERS, expected_rows, fill_store, tiny_config
 
@@ -132,7 +132,8 @@ def test_chunks_are_located_without_reading_them_and_bad_entries_fall_back(tmp_p
     a full read of tables beyond RAM); a wrong, stale or missing entry falls back to the get and
     the rows stay exact."""
     import struct
-    from memory_service.store import chunk_key
+
+    from core.store import chunk_key
     layer = next(iter(DTYPE_LAYERS))
     manifest = fill_store(tmp_path / "db")[layer]
     expect = expected_rows(layer)

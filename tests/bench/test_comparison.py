@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
+from bench.comparison import WorkerConfig, _phase_waits, report, run_comparison
 from memory_service.process import executable
-from model_client.e2e import WorkerConfig, _phase_waits, report, run_comparison
 
 from ..served import tiny_config
 

@@ -24,9 +24,9 @@ class StatsConfig:
 def run_stats(cfg: StatsConfig) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from model_client.memory_client import MemoryClient
+    from core.credentials import read_secret
 
-    from .auth import read_secret
+    from .memory_client import MemoryClient
     token = read_secret(cfg.token_file, "--token-file") or None
     with MemoryClient(cfg.target, channels=cfg.connections, shared_memory=False, token=token, timeout_s=5) as client:
         answers = {s.pid: s for s in client.stats()}
