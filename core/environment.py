@@ -21,7 +21,7 @@ def open_env(path: str | os.PathLike, readonly: bool = False, map_size: int = DE
     290 -> 630 MiB/s for a demo-table load on this machine's disk."""
     path = Path(path)
     if readonly and not (path / "data.mdb").is_file():
-        raise StoreError("NOT_FOUND", f"no table store at {path} (expected {path / 'data.mdb'})")
+        raise StoreError("not_found", f"no table store at {path} (expected {path / 'data.mdb'})")
     if not readonly:
         path.mkdir(parents=True, exist_ok=True)
     # readahead off: rows are read at random, and readahead would evict hot pages for tables > RAM.
@@ -29,7 +29,7 @@ def open_env(path: str | os.PathLike, readonly: bool = False, map_size: int = DE
         env = lmdb.open(str(path), map_size=map_size, max_dbs=4, max_readers=1024, readonly=readonly,
                         readahead=False, lock=True, subdir=True, metasync=not bulk)
     except lmdb.Error as e:
-        raise StoreError("DATA_LOSS", f"{path / 'data.mdb'} cannot be opened as an LMDB table store: {e}") from None
+        raise StoreError("damaged", f"{path / 'data.mdb'} cannot be opened as an LMDB table store: {e}") from None
     env.reader_check()  # clear reader slots left by killed processes
     check_file_size(env, path)
     return env
@@ -42,7 +42,7 @@ def check_file_size(env: lmdb.Environment, path: Path) -> None:
     size = (path / "data.mdb").stat().st_size
     if size < in_use:
         env.close()
-        raise StoreError("DATA_LOSS", f"{path / 'data.mdb'} is truncated: it has {size} B, but its LMDB meta "
+        raise StoreError("damaged", f"{path / 'data.mdb'} is truncated: it has {size} B, but its LMDB meta "
                          f"page says {in_use} B are in use. Restore it from a copy or load the tables again")
 
 
@@ -56,7 +56,7 @@ def write_error(path: Path, env: lmdb.Environment, manifest, error: lmdb.Error) 
     rows_left = manifest.stored_rows - manifest.rows_written
     need = row_check.value_bytes(rows_left, manifest.row_bytes) + 4 * env.stat()["psize"]
     if free < max(need, 64 << 20) or "Input/output" in str(error) or "No space" in str(error):
-        return StoreError("RESOURCE_EXHAUSTED", f"the disk holding {path} is full ({free / 2**20:,.1f} MiB "
+        return StoreError("too_large", f"the disk holding {path} is full ({free / 2**20:,.1f} MiB "
                           f"free): {manifest.table} v{manifest.version} needs about {need / 2**20:,.1f} MiB more "
                           f"for its last {rows_left:,} rows ({error})")
-    return StoreError("INTERNAL", f"writing {manifest.table} v{manifest.version} into {path} failed: {error}")
+    return StoreError("internal", f"writing {manifest.table} v{manifest.version} into {path} failed: {error}")

@@ -48,7 +48,7 @@ class Snapshot:
                     manifest = self.store._manifest(self.txn, table, version)
                     if manifest.status in (LOADING, DROPPING):
                         done = manifest.rows_written / manifest.stored_rows
-                        raise StoreError("NOT_FOUND", f"table {table!r} v{manifest.version} is {manifest.status} "
+                        raise StoreError("not_found", f"table {table!r} v{manifest.version} is {manifest.status} "
                                          f"({done:.0%} of rows written); only ready or published "
                                          "versions serve reads")
                     assert manifest.status in (READY, PUBLISHED)
@@ -105,7 +105,7 @@ class StoreReader:
     def _check_size(self, limit: int) -> None:
         size = os.fstat(self._file).st_size
         if size < limit:
-            raise StoreError("DATA_LOSS", f"{self.store.path / 'data.mdb'} shrank to {size} B while serving; "
+            raise StoreError("damaged", f"{self.store.path / 'data.mdb'} shrank to {size} B while serving; "
                              f"its LMDB pages need {limit} B: nothing more is read from it. Restore the file "
                              "and restart the server")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import EngramConfig
+from .errors import BadRowIds
 from .manifest import TableManifest, table_name
 
 
@@ -17,7 +18,7 @@ def checked_row_ids(row_ids, manifest: TableManifest) -> np.ndarray:
     ids = ids.reshape(-1).astype(np.int64, copy=False)
     if ids.size and (ids.min() < 0 or ids.max() >= manifest.num_rows):
         position = int(np.flatnonzero((ids < 0) | (ids >= manifest.num_rows))[0])
-        raise ValueError(f"row_ids[{position}] = {int(ids[position])} is outside table {manifest.table} "
+        raise BadRowIds(f"row_ids[{position}] = {int(ids[position])} is outside table {manifest.table} "
                          f"v{manifest.version}'s rows [0, {manifest.num_rows})")
     return ids
 

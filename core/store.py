@@ -41,7 +41,7 @@ def _named_version(action: str, table: str, version: int) -> None:
     """Version 0 means "the published one" to readers; a write must name its version (found by
     fuzzing: publishing version 0 wrote a manifest under 0 and unpublished the table)."""
     if version < 1:
-        raise StoreError("INVALID_ARGUMENT", f"{action} of table {table!r} needs a version >= 1 "
+        raise StoreError("bad_request", f"{action} of table {table!r} needs a version >= 1 "
                          f"(got {version}); `info` lists the versions")
 
 
@@ -79,7 +79,7 @@ class TableStore:
                 try:
                     out.append(TableManifest.from_json(bytes(value)))
                 except ValueError as e:
-                    raise StoreError("DATA_LOSS", f"{self.path / 'data.mdb'}: the manifest stored under "
+                    raise StoreError("damaged", f"{self.path / 'data.mdb'}: the manifest stored under "
                                      f"{bytes(key)[:80]!r} is damaged ({e})") from None
         return out
 
@@ -100,19 +100,19 @@ class TableStore:
             version = self.current_version(table, txn)
             if version == 0:
                 known = sorted({m.table for m in self._manifests(txn)})
-                raise StoreError("NOT_FOUND", f"table {table!r} has no published version "
+                raise StoreError("not_found", f"table {table!r} has no published version "
                                  f"(tables: {', '.join(known) or 'none'})")
         value = txn.get(manifest_key(table, version), db=self.meta)
         if value is None:
             versions = [m.version for m in self._manifests(txn, table)]
             if not versions:
                 known = sorted({m.table for m in self._manifests(txn)})
-                raise StoreError("NOT_FOUND", f"table {table!r} does not exist (tables: {', '.join(known) or 'none'})")
-            raise StoreError("NOT_FOUND", f"table {table!r} has no version {version} (versions: {versions})")
+                raise StoreError("not_found", f"table {table!r} does not exist (tables: {', '.join(known) or 'none'})")
+            raise StoreError("not_found", f"table {table!r} has no version {version} (versions: {versions})")
         try:
             return TableManifest.from_json(bytes(value))
         except ValueError as e:
-            raise StoreError("DATA_LOSS", f"{self.path / 'data.mdb'}: the manifest of {table} v{version} is "
+            raise StoreError("damaged", f"{self.path / 'data.mdb'}: the manifest of {table} v{version} is "
                              f"damaged ({e})") from None
 
     # ---- writing ------------------------------------------------------------------------------------
@@ -173,17 +173,17 @@ class TableStore:
 
     def _check_chunk(self, manifest: TableManifest, index: int, nbytes: int) -> None:
         if not 0 <= index < manifest.num_chunks:
-            raise StoreError("INVALID_ARGUMENT", f"chunk {index} is outside table {manifest.table} "
+            raise StoreError("bad_request", f"chunk {index} is outside table {manifest.table} "
                              f"v{manifest.version}'s chunks [0, {manifest.num_chunks})")
         rows = min(manifest.chunk_rows, manifest.stored_rows - index * manifest.chunk_rows)
         if nbytes != rows * manifest.row_bytes:
-            raise StoreError("INVALID_ARGUMENT", f"chunk {index} of {manifest.table} must hold {rows} rows "
+            raise StoreError("bad_request", f"chunk {index} of {manifest.table} must hold {rows} rows "
                              f"x {manifest.row_bytes} B = {rows * manifest.row_bytes} B; got {nbytes} B")
 
     def _bump_rows_written(self, txn, manifest: TableManifest, rows: int) -> None:
         current = self._manifest(txn, manifest.table, manifest.version)
         if current.status != LOADING:
-            raise StoreError("FAILED_PRECONDITION", f"{manifest.table} v{manifest.version} is "
+            raise StoreError("not_ready", f"{manifest.table} v{manifest.version} is "
                              f"{current.status}, not loading: it takes no more rows")
         current.rows_written = min(current.stored_rows, current.rows_written + rows)
         manifest.rows_written = current.rows_written
@@ -212,12 +212,12 @@ class TableStore:
     def _finish(self, txn, table: str, version: int) -> TableManifest:
         manifest = self._manifest(txn, table, version)
         if manifest.status == DROPPING:
-            raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is being dropped")
+            raise StoreError("not_ready", f"{table} v{version} is being dropped")
         if manifest.status != LOADING:
             return manifest
         checksum, missing = self.chunk_checksum(txn, manifest)
         if missing:
-            raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is incomplete: "
+            raise StoreError("not_ready", f"{table} v{version} is incomplete: "
                              f"{len(missing)} of {manifest.num_chunks} chunks missing "
                              f"(first: chunk {missing[0]}, rows from {missing[0] * manifest.chunk_rows})")
         manifest.status, manifest.checksum, manifest.rows_written = READY, checksum, manifest.stored_rows
@@ -233,7 +233,7 @@ class TableStore:
             manifest = self._finish(txn, table, version)
             if expected_checksum and expected_checksum != manifest.checksum:
                 # the caller's stated precondition does not hold; the stored rows are as written
-                raise StoreError("FAILED_PRECONDITION", f"{table} v{version} checksum {manifest.checksum} differs "
+                raise StoreError("not_ready", f"{table} v{version} checksum {manifest.checksum} differs "
                                  f"from the expected {expected_checksum}")
             previous = self.current_version(table, txn)
             if previous and previous != version:
@@ -253,7 +253,7 @@ class TableStore:
             manifest = self._manifest(txn, table, version)
             if self.current_version(table, txn) == version:
                 if not force:
-                    raise StoreError("FAILED_PRECONDITION", f"{table} v{version} is the published version; "
+                    raise StoreError("not_ready", f"{table} v{version} is the published version; "
                                      "publish another first or force the drop")
                 txn.delete(current_key(table), db=self.meta)
             manifest.status = DROPPING

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from . import chunk_map, row_check
+from .errors import BadRowIds
 from .manifest import TableManifest
 from .store import StoreError, TableStore, chunk_key
 
@@ -24,7 +25,7 @@ class TableView:
     def __init__(self, manifest: TableManifest, txn, store: TableStore, base: int, limit: int, verify: bool = True):
         self.manifest = manifest
         if manifest.row_check != row_check.FORMAT:
-            raise StoreError("FAILED_PRECONDITION", f"table {manifest.table} v{manifest.version} was stored "
+            raise StoreError("not_ready", f"table {manifest.table} v{manifest.version} was stored "
                              "without per-row checksums (by engram-memory before 0.2), so its rows cannot be "
                              "checked and are not served: load it again (`engram-memory load`)")
         self.verify, self.salt = verify, row_check.salt(manifest.table, manifest.version)
@@ -39,9 +40,9 @@ class TableView:
             if address is None:
                 buf = txn.get(key, db=store.rows)
                 if buf is None:
-                    raise StoreError("DATA_LOSS", f"{manifest.table} v{manifest.version}: chunk {index} is missing")
+                    raise StoreError("damaged", f"{manifest.table} v{manifest.version}: chunk {index} is missing")
                 if len(buf) != nbytes:
-                    raise StoreError("DATA_LOSS", f"{manifest.table} v{manifest.version}: chunk {index} has "
+                    raise StoreError("damaged", f"{manifest.table} v{manifest.version}: chunk {index} has "
                                      f"{len(buf)} B, not the {nbytes} B of {rows} rows and their checksums")
                 address = chunk_map.address_of(buf)
                 self.chunks_read += 1
@@ -93,7 +94,7 @@ class TableView:
                 where = f"table {m.table} v{m.version}'s rows [0, {m.num_rows})" if m.shards == 1 else (
                     f"shard {m.shard} of {m.shards} of table {m.table} v{m.version}, which holds rows "
                     f"[{start}, {stop})")
-                raise StoreError("INVALID_ARGUMENT", f"row id {int(row_ids[position])} at position "
+                raise BadRowIds(f"row id {int(row_ids[position])} at position "
                                  f"{position} is outside {where}")
         return row_ids - start if start else row_ids
 
@@ -156,13 +157,13 @@ class TableView:
         again = self.rows[self._offsets(local[bad])].view(np.uint8).reshape(len(bad), self.manifest.row_bytes)
         bad = bad[row_check.row_sums(again, local[bad], self.salt) != stored[bad]]
         if not len(bad):
-            raise StoreError("ABORTED", f"the rows of table {self.manifest.table} changed in their destination "
+            raise StoreError("changed", f"the rows of table {self.manifest.table} changed in their destination "
                              "while being written (another writer of the client's segment?): retry")
         m = self.manifest
         row = int(local[bad[0]])
         first = (row >> self.shift) << self.shift
         chunks = np.unique(chunk[bad])
-        error = StoreError("DATA_LOSS", f"table {m.table} v{m.version}: {len(bad)} of {len(local)} rows fail "
+        error = StoreError("damaged", f"table {m.table} v{m.version}: {len(bad)} of {len(local)} rows fail "
                            f"their checksum, in {len(chunks)} chunk(s); first: row {row + m.row_start} in "
                            f"chunk {row >> self.shift} (rows [{first + m.row_start}, "
                            f"{min(first + m.chunk_rows, m.stored_rows) + m.row_start})). The store's bytes "

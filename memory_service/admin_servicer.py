@@ -23,10 +23,10 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
             try:
                 manifest = TableManifest.from_json(request.manifest_json)
             except ValueError as e:
-                raise StoreError("INVALID_ARGUMENT", f"manifest_json: {e}") from None
+                raise StoreError("bad_request", f"manifest_json: {e}") from None
             checked_table_name(manifest.table, "manifest_json's table")
             if request.table and request.table != manifest.table:
-                raise StoreError("INVALID_ARGUMENT", f"table {request.table[:40]!r} differs from the manifest's "
+                raise StoreError("bad_request", f"table {request.table[:40]!r} differs from the manifest's "
                                  f"table {manifest.table!r}")
             manifest = self.store.create_version(manifest)
             self.memory._tables_at = 0.0
@@ -41,23 +41,23 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
                     manifest = self.store.manifest(checked_table_name(request.table), request.version)
                     call.label(manifest.table)
                     if request.version == 0 or request.start_row % manifest.chunk_rows:
-                        raise StoreError("INVALID_ARGUMENT", f"a WriteRows stream must name a version and start "
+                        raise StoreError("bad_request", f"a WriteRows stream must name a version and start "
                                          f"at a multiple of chunk_rows={manifest.chunk_rows}; got version "
                                          f"{request.version}, start_row {request.start_row}")
                     chunk = request.start_row // manifest.chunk_rows
                     next_row = request.start_row
                 if (request.table, request.version) != (manifest.table, manifest.version):
-                    raise StoreError("INVALID_ARGUMENT", "every message of a WriteRows stream must name the same "
+                    raise StoreError("bad_request", "every message of a WriteRows stream must name the same "
                                      f"table and version ({manifest.table} v{manifest.version})")
                 if request.start_row != next_row:
-                    raise StoreError("INVALID_ARGUMENT", f"start_row {request.start_row} does not continue the "
+                    raise StoreError("bad_request", f"start_row {request.start_row} does not continue the "
                                      f"stream (expected {next_row}): send rows in order")
                 if len(request.rows) % manifest.row_bytes:
-                    raise StoreError("INVALID_ARGUMENT", f"rows has {len(request.rows)} B, not a multiple of "
+                    raise StoreError("bad_request", f"rows has {len(request.rows)} B, not a multiple of "
                                      f"row_bytes={manifest.row_bytes} of table {manifest.table}")
                 next_row += len(request.rows) // manifest.row_bytes
                 if next_row > manifest.stored_rows:  # local rows: a shard's store starts at 0
-                    raise StoreError("INVALID_ARGUMENT", f"rows up to {next_row} exceed the "
+                    raise StoreError("bad_request", f"rows up to {next_row} exceed the "
                                      f"{manifest.stored_rows} rows this store holds of table {manifest.table}")
                 buffer += request.rows
                 chunk_bytes = manifest.chunk_rows * manifest.row_bytes
@@ -68,7 +68,7 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
                     written += len(piece) // manifest.row_bytes
                     chunk += 1
             if manifest is not None and buffer:
-                raise StoreError("INVALID_ARGUMENT", f"stream ended at row {next_row}, inside a chunk: a stream "
+                raise StoreError("bad_request", f"stream ended at row {next_row}, inside a chunk: a stream "
                                  f"must end at a multiple of chunk_rows={manifest.chunk_rows} or at num_rows")
             return pb2.WriteRowsResponse(rows_written=written)
 
@@ -84,7 +84,7 @@ class AdminServicer(pb2_grpc.AdminServiceServicer):
         with CallRecord("DropVersion", context, self.memory.known_tables) as call:
             call.label(checked_table_name(request.table))
             if request.version == 0:
-                raise StoreError("INVALID_ARGUMENT", "version is 0: name the version to drop")
+                raise StoreError("bad_request", "version is 0: name the version to drop")
             self.store.drop(request.table, request.version, force=request.force)
             self.memory._tables_at = 0.0
             log(logger, logging.INFO, "version dropped", table=request.table, version=request.version)

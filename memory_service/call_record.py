@@ -10,6 +10,7 @@ from core.logs import log
 from core.store import StoreError
 
 from . import metrics
+from .status import grpc_code
 
 logger = logging.getLogger("engram_memory")
 # the client does not retry a request refused for its size (it would be refused again)
@@ -60,7 +61,7 @@ class CallRecord:
         if error is None:
             code = "OK"
         elif isinstance(error, StoreError):
-            code = error.code
+            code = grpc_code(error)
             self.failure = (code, str(error))
             if code == "DATA_LOSS":
                 metrics.CORRUPT_ROWS.labels(self.table).inc(getattr(error, "corrupt_rows", 0))

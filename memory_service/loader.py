@@ -77,7 +77,7 @@ def _abandoned(store: TableStore, manifest: TableManifest, error: StoreError) ->
                 f"`engram-memory drop --db {store.path} --table {manifest.table} --version {manifest.version}`")
     current = store.current_version(manifest.table)
     serving = f"v{current} keeps serving" if current else "no version of it was published before"
-    return StoreError(error.code, f"{error}; {what}; {serving}")
+    return StoreError(error.reason, f"{error}; {what}; {serving}")
 
 
 @dataclass

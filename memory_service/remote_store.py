@@ -17,6 +17,8 @@ from core.manifest import TableManifest
 from core.store import COMMIT_BYTES, StoreError
 from protos import pb2, pb2_grpc
 
+from .status import reason_of
+
 MAX_MESSAGE = 256 << 20
 
 
@@ -43,14 +45,14 @@ class RemoteStore:
                 return
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise StoreError(e.code().name, f"memory service {self.path}: {e.code().name}: {e.details()}") from None
+                    raise StoreError(reason_of(e.code().name), f"memory service {self.path}: {e.code().name}: {e.details()}") from None
                 time.sleep(1.0)
 
     def _call(self, stub_method, request, what: str):
         try:
             return stub_method(request, timeout=600)
         except grpc.RpcError as e:
-            raise StoreError(e.code().name, f"{what} at {self.path}: {e.code().name}: {e.details()}") from None
+            raise StoreError(reason_of(e.code().name), f"{what} at {self.path}: {e.code().name}: {e.details()}") from None
 
     def manifest(self, table: str, version: int = 0) -> TableManifest:
         info = self._call(self._memory.DescribeTable, pb2.DescribeTableRequest(table=table, version=version),
@@ -61,7 +63,7 @@ class RemoteStore:
         try:
             return self.manifest(table).version
         except StoreError as e:
-            if e.code == "NOT_FOUND":
+            if e.reason == "not_found":
                 return 0
             raise
 

@@ -27,11 +27,11 @@ class ResponseBudget:
         """Room for an answer of nbytes to `peer`; returns the function that gives it back (once)."""
         with self._lock:
             if self._by_peer[peer] + nbytes > self.per_peer_bytes and self._by_peer[peer]:
-                raise StoreError("RESOURCE_EXHAUSTED", f"{self._by_peer[peer] >> 20} MiB of answers to this "
+                raise StoreError("too_large", f"{self._by_peer[peer] >> 20} MiB of answers to this "
                                  f"connection are not read yet (at most {self.per_peer_bytes >> 20} MiB): read them, "
                                  "then retry")
             if self._held + nbytes > self.total_bytes and self._held:
-                raise StoreError("RESOURCE_EXHAUSTED", f"{self._held >> 20} MiB of answers are waiting for their "
+                raise StoreError("too_large", f"{self._held >> 20} MiB of answers are waiting for their "
                                  f"clients in this server process (at most {self.total_bytes >> 20} MiB): retry")
             self._held += nbytes
             self._by_peer[peer] += nbytes

@@ -103,7 +103,7 @@ def _receive_fd(sock: socket.socket) -> int:
     if data != HANDED or len(fds) != 1 or flags & socket.MSG_CTRUNC:
         for fd in fds:
             os.close(fd)
-        raise StoreError("INVALID_ARGUMENT", "RegisterSegment: the client's socket must send exactly one fd "
+        raise StoreError("bad_request", "RegisterSegment: the client's socket must send exactly one fd "
                          "(a sealed memfd) with one byte; it sent "
                          f"{len(data)} byte(s) and {len(fds)} fd(s)")
     return fds[0]
@@ -113,22 +113,22 @@ def _check_memfd(fd: int, max_bytes: int) -> int:
     """The size of a memfd this process may map and write without risk; raises otherwise."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or filesystem_type(fd) != TMPFS_MAGIC:
-        raise StoreError("INVALID_ARGUMENT", "RegisterSegment: the fd is not a memfd (memfd_create on "
+        raise StoreError("bad_request", "RegisterSegment: the fd is not a memfd (memfd_create on "
                          "tmpfs; hugetlb memfds, files and pipes are refused)")
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError:
         seals = 0
     if seals & REQUIRED_SEALS != REQUIRED_SEALS or seals & (fcntl.F_SEAL_WRITE | F_SEAL_FUTURE_WRITE):
-        raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: the memfd's seals are {seals:#x}; it must carry "
+        raise StoreError("bad_request", f"RegisterSegment: the memfd's seals are {seals:#x}; it must carry "
                          "F_SEAL_SHRINK and F_SEAL_SEAL, and no write seal, so it cannot shrink under a write")
     if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDWR:
-        raise StoreError("INVALID_ARGUMENT", "RegisterSegment: the memfd must be open for reading and writing")
+        raise StoreError("bad_request", "RegisterSegment: the memfd must be open for reading and writing")
     if not 4096 <= st.st_size <= max_bytes:
-        raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: the memfd has {st.st_size} B; segments of "
+        raise StoreError("bad_request", f"RegisterSegment: the memfd has {st.st_size} B; segments of "
                          f"4096 B to {max_bytes} B are accepted")
     if st.st_blocks * 512 < st.st_size:
-        raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: {st.st_blocks * 512} of the memfd's {st.st_size} B "
+        raise StoreError("bad_request", f"RegisterSegment: {st.st_blocks * 512} of the memfd's {st.st_size} B "
                          "are allocated: its owner must allocate the whole segment (fallocate) before handing it over")
     return st.st_size
 
@@ -156,15 +156,15 @@ class SegmentTable:
     def register(self, socket_name: str, secret: bytes, peer: str) -> tuple[bytes, int]:
         """Fetch the client's memfd from its socket; (segment id, size)."""
         if not self.enabled:
-            raise StoreError("FAILED_PRECONDITION", f"{DISABLED} (started with --no-shared-memory): send "
+            raise StoreError("not_ready", f"{DISABLED} (started with --no-shared-memory): send "
                              "lookups without a segment")
         if not SOCKET_NAME.fullmatch(socket_name):
-            raise StoreError("INVALID_ARGUMENT", f"socket {socket_name[:48]!r} must be {SOCKET_PREFIX!r} "
+            raise StoreError("bad_request", f"socket {socket_name[:48]!r} must be {SOCKET_PREFIX!r} "
                              "followed by 32 hex digits")
         if len(secret) != SECRET_BYTES:
-            raise StoreError("INVALID_ARGUMENT", f"secret has {len(secret)} bytes; it must have {SECRET_BYTES}")
+            raise StoreError("bad_request", f"secret has {len(secret)} bytes; it must have {SECRET_BYTES}")
         if not self._registering.acquire(blocking=False):
-            raise StoreError("RESOURCE_EXHAUSTED", "RegisterSegment: every registration slot of this server "
+            raise StoreError("too_large", "RegisterSegment: every registration slot of this server "
                              "process is busy; retry")
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -173,13 +173,13 @@ class SegmentTable:
                 try:
                     sock.connect("\0" + socket_name)
                 except OSError as e:
-                    raise StoreError("FAILED_PRECONDITION", f"{UNREACHABLE} ({e.strerror or e}): the client is on "
+                    raise StoreError("not_ready", f"{UNREACHABLE} ({e.strerror or e}): the client is on "
                                      "another host or network namespace; send lookups without a segment") from None
                 try:
                     sock.sendall(secret)
                     fd = _receive_fd(sock)
                 except OSError as e:
-                    raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: the client's socket did not hand "
+                    raise StoreError("bad_request", f"RegisterSegment: the client's socket did not hand "
                                      f"over a segment ({e.strerror or e})") from None
                 try:
                     size = _check_memfd(fd, self.max_bytes)
@@ -187,7 +187,7 @@ class SegmentTable:
                     try:
                         memory = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
                     except OSError as e:
-                        raise StoreError("INVALID_ARGUMENT", f"RegisterSegment: the memfd cannot be mapped for "
+                        raise StoreError("bad_request", f"RegisterSegment: the memfd cannot be mapped for "
                                          f"writing ({e.strerror})") from None
                 finally:
                     os.close(fd)
@@ -204,7 +204,7 @@ class SegmentTable:
                 if other.inode == inode and other.owner_pid != pid:
                     memory.close()
                     logger.warning("refused a segment of process %d offered by process %d", other.owner_pid, pid)
-                    raise StoreError("PERMISSION_DENIED", "RegisterSegment: this memfd is registered here by "
+                    raise StoreError("forbidden", "RegisterSegment: this memfd is registered here by "
                                      "another process: only its owner may hand it over")
             size = len(memory)
             mine = [k for k, s in self._segments.items() if s.peer == peer]
@@ -223,18 +223,18 @@ class SegmentTable:
     def rows(self, segment_id: bytes, peer: str, offset: int, num_rows: int, row_bytes: int) -> np.ndarray:
         """A writable uint8 [num_rows, row_bytes] view of the segment `segment_id` registered on `peer`."""
         if not self.enabled:
-            raise StoreError("FAILED_PRECONDITION", f"{DISABLED} (started with --no-shared-memory): send "
+            raise StoreError("not_ready", f"{DISABLED} (started with --no-shared-memory): send "
                              "lookups without a segment")
         with self._lock:
             segment = self._segments.get(bytes(segment_id))
             if segment is None or segment.peer != peer:
-                raise StoreError("FAILED_PRECONDITION", f"{UNKNOWN} (RegisterSegment it on this channel)")
+                raise StoreError("not_ready", f"{UNKNOWN} (RegisterSegment it on this channel)")
             self._segments.move_to_end(bytes(segment_id))
             segment.used = time.monotonic()
             rows = segment.array
         size = num_rows * row_bytes
         if offset + size > len(rows):
-            raise StoreError("INVALID_ARGUMENT", f"segment_offset {offset} + {num_rows} rows x {row_bytes} B "
+            raise StoreError("bad_request", f"segment_offset {offset} + {num_rows} rows x {row_bytes} B "
                              f"= {offset + size} B is beyond the segment's {len(rows)} B")
         return rows[offset:offset + size].reshape(num_rows, row_bytes)
 

@@ -290,5 +290,5 @@ def serve(cfg: ServiceConfig) -> int:
     import shutil
     shutil.rmtree(metrics_dir, ignore_errors=True)
     if damaged:
-        raise StoreError("DATA_LOSS", damaged)
+        raise StoreError("damaged", damaged)
     return 0

@@ -25,6 +25,7 @@ from . import metrics
 from .call_record import NOT_RETRYABLE, CallRecord, abort
 from .response_budget import ResponseBudget
 from .segments import SegmentTable
+from .status import grpc_code
 from .stream_governor import StreamGovernor
 
 
@@ -59,11 +60,11 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
         call.label(request.table)
         size = len(request.row_ids)
         if size % 8:
-            raise StoreError("INVALID_ARGUMENT", f"row_ids of table {request.table} has {size} bytes, "
+            raise StoreError("bad_request", f"row_ids of table {request.table} has {size} bytes, "
                              "not a multiple of 8 (row ids are little-endian int64)")
         n = size // 8
         if n > self.max_request_rows:
-            raise StoreError("RESOURCE_EXHAUSTED", f"request for table {request.table} has {n} row ids; the "
+            raise StoreError("too_large", f"request for table {request.table} has {n} row ids; the "
                              f"limit is {self.max_request_rows} per request: {NOT_RETRYABLE}")
         ids = np.frombuffer(request.row_ids, dtype="<i8")
         with ExitStack() as held:  # snapshots stay open until the rows are copied out
@@ -73,12 +74,12 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
             except StoreError as e:
                 # a version another server process already serves may be newer than this
                 # process's snapshot: look again before refusing
-                if e.code != "NOT_FOUND" or not request.version:
+                if e.reason != "not_found" or not request.version:
                     raise
                 view = held.enter_context(self.reader.snapshot(fresh=True)).view(request.table, request.version)
             m = view.manifest
             if n * m.row_bytes > self.max_message_bytes:
-                raise StoreError("RESOURCE_EXHAUSTED", f"{n} rows of table {m.table} are {n * m.row_bytes} B; "
+                raise StoreError("too_large", f"{n} rows of table {m.table} are {n * m.row_bytes} B; "
                                  f"responses are limited to {self.max_message_bytes} B = "
                                  f"{self.max_message_bytes // m.row_bytes} rows of this table: {NOT_RETRYABLE}")
             if request.segment:  # same host: the rows go straight into the client's own segment
@@ -111,7 +112,7 @@ class MemoryServicer(pb2_grpc.MemoryServiceServicer):
         try:
             stream = self.streams.admit(context.peer(), context)
         except StoreError as e:
-            abort(context, e.code, str(e))
+            abort(context, grpc_code(e), str(e))
         peer, held = context.peer(), []
         try:
             while True:

@@ -31,8 +31,8 @@ def check_store(path) -> list[str]:
                 try:
                     snap.view(m.table, m.version)
                 except StoreError as e:
-                    if e.code != "FAILED_PRECONDITION":
-                        raise StoreError(e.code, f"{store.path / 'data.mdb'}: {e}") from None
+                    if e.reason != "not_ready":
+                        raise StoreError(e.reason, f"{store.path / 'data.mdb'}: {e}") from None
                     warnings.append(str(e))
         finally:
             snap.close()

@@ -75,7 +75,7 @@ class StreamGovernor:
                 if late < 0:
                     self.refused += 1
                     self.on_event("refused")
-                    raise StoreError("RESOURCE_EXHAUSTED", f"no room for another lookup stream in this server "
+                    raise StoreError("too_large", f"no room for another lookup stream in this server "
                                      f"process ({len(self._open)} open, {len(mine)} on this connection, all "
                                      "busy): retry, or send unary Lookups")
                 self._evict(full[index])

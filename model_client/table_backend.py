@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from core.errors import BadRowIds
 from core.row_format import RowFormat
 from core.table_init import seeded_rows
 
@@ -69,6 +70,6 @@ class LocalTableBackend(nn.Module):
         flat = row_ids.reshape(-1).to(self.rows.device)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_rows):
             bad = flat[(flat < 0) | (flat >= self.num_rows)][0]
-            raise IndexError(f"row id {int(bad)} is outside this table's rows [0, {self.num_rows})")
+            raise BadRowIds(f"row id {int(bad)} is outside this table's rows [0, {self.num_rows})")
         gathered = self.rows.index_select(0, flat)
         return self.row_format.decode_torch(gathered, dtype).reshape(*row_ids.shape, -1)

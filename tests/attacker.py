@@ -120,7 +120,9 @@ def hijack(args: dict) -> dict:
     for fd in os.listdir(f"/proc/{args['victim_pid']}/fd"):
         path = f"/proc/{args['victim_pid']}/fd/{fd}"
         try:
-            if os.readlink(path).startswith("/memfd:engram-rows"):
+            # the victim client's own segments (the victim process may hold other clients' memfds,
+            # registered nowhere: same-uid memory, out of scope as ptrace is; RELIABILITY.md)
+            if os.readlink(path).startswith("/memfd:engram-rows") and os.stat(path).st_ino in args["victim_inodes"]:
                 mine = os.open(path, os.O_RDWR)
                 status, details, segment = offer_fd(channel, mine)
                 if status == "OK":  # would then write our rows into the victim's memory

@@ -59,12 +59,12 @@ def test_errors_name_table_id_and_range(store):
     n = manifests[1].num_rows
     with pytest.raises(StoreError, match=rf"row id {n} at position 1 is outside table layer1 v1's rows \[0, {n}\)") as e:
         reader.lookup("layer1", 0, np.array([3, n]))
-    assert e.value.code == "INVALID_ARGUMENT"
+    assert e.value.reason == "bad_request"
     with pytest.raises(StoreError, match="row id -2 at position 0"):
         reader.lookup("layer1", 0, np.array([-2]))
     with pytest.raises(StoreError, match=r"table 'layer9' has no published version \(tables: layer1, layer2") as e:
         reader.lookup("layer9", 0, np.array([1]))
-    assert e.value.code == "NOT_FOUND"
+    assert e.value.reason == "not_found"
     with pytest.raises(StoreError, match=r"table 'layer1' has no version 7 \(versions: \[1\]\)"):
         reader.lookup("layer1", 7, np.array([1]))
     reader.close()
@@ -108,14 +108,14 @@ def test_partial_versions_are_invisible_until_complete(tmp_path):
         reader.lookup("layer1", partial.version, np.array([0]))
     with pytest.raises(StoreError, match="incomplete: 10 of 12 chunks missing") as e:
         s.publish("layer1", partial.version)
-    assert e.value.code == "FAILED_PRECONDITION"
+    assert e.value.reason == "not_ready"
     with pytest.raises(StoreError, match="must hold 1024 rows") as e:
         s.write_chunks(partial, [(2, rows[:5].tobytes())])
     with pytest.raises(StoreError, match=r"chunk 99 is outside"):
         s.write_chunks(partial, [(99, rows[:5].tobytes())])
     with pytest.raises(StoreError, match="checksum .* differs") as e:
         s.publish("layer1", m.version, expected_checksum="0" * 32)
-    assert e.value.code == "FAILED_PRECONDITION"
+    assert e.value.reason == "not_ready"
     s.drop("layer1", partial.version)
     assert [x.version for x in s.manifests("layer1")] == [1]
     with pytest.raises(StoreError, match="is the published version"):
@@ -166,5 +166,5 @@ def test_writes_must_name_a_version(store):
     for action in (lambda: s.publish(m.table, 0), lambda: s.drop(m.table, 0), lambda: s.finish(m.table, 0)):
         with pytest.raises(StoreError, match="needs a version >= 1") as err:
             action()
-        assert err.value.code == "INVALID_ARGUMENT"
+        assert err.value.reason == "bad_request"
     assert s.current_version(m.table) == m.version

@@ -61,7 +61,8 @@ def test_a_second_process_cannot_get_rows_into_a_victims_segment(server):
         try:  # the attacker knows everything: the victim's pid, its segment ids, the table, the ids
             report = attack("hijack", target=server.target, table="layer1", ids=list(range(0, 4096, 3)),
                             seconds=3.0, victim_pid=os.getpid(),
-                            victim_segments=[s.hex() for s in segment.ids.values()])
+                            victim_segments=[s.hex() for s in segment.ids.values()],
+                            victim_inodes=[os.fstat(s.fd).st_ino for s in victim._arena._segments])
         finally:
             stop.set()
             reader.join()
@@ -69,7 +70,7 @@ def test_a_second_process_cannot_get_rows_into_a_victims_segment(server):
     assert report["fds_received"] == 0                                # no secret, no fd
     assert set(report["codes"]) == {"FAILED_PRECONDITION"}            # ids work only on their connection
     assert sum(report["codes"].values()) > 100
-    assert report["reopened"] and all(r == "PERMISSION_DENIED" for r in report["reopened"])
+    assert report["reopened"] and all(r == "PERMISSION_DENIED" for r in report["reopened"]), report["reopened"]
     assert lookups[0] > 10 and wrong == []
     no_worker_died(server)
 

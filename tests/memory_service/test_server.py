@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from core.errors import BadRowIds
 from core.manifest import TableManifest
 from core.row_format import RowFormat
 from core.table_init import seeded_rows
@@ -105,7 +106,7 @@ def test_bad_requests_get_clear_statuses_and_the_server_keeps_serving(served_sto
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     channel.close()
     with MemoryClient(server.target) as client:
-        with pytest.raises(ValueError, match=rf"row_ids\[2\] = {n} is outside table layer1"):
+        with pytest.raises(BadRowIds, match=rf"row_ids\[2\] = {n} is outside table layer1"):
             client.lookup("layer1", [0, 1, n])
         with pytest.raises(MemoryServiceError, match="NOT_FOUND.*layer9"):
             client.lookup("layer9", [0])

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.errors import BadRowIds
 from core.row_format import RowFormat
 from model_client import Engram, NgramHasher
 from model_client.table_backend import LocalTableBackend
@@ -203,7 +204,7 @@ def test_bad_inputs_raise_clear_errors(setup):
         module(hidden[:0], hash_ids[:0])
     with pytest.raises(ValueError, match="conv_state must be"):
         module(hidden, hash_ids, conv_state=torch.zeros(3, 1, 1))
-    with pytest.raises(IndexError, match=r"row id -\d+ is outside this table's rows"):
+    with pytest.raises(BadRowIds, match=r"row id -\d+ is outside this table's rows"):
         module(hidden, hash_ids - 10_000)
     with pytest.raises(ValueError, match="layer_id 2 is not one of"):
         Engram(cfg, 2)
