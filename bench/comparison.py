@@ -67,6 +67,10 @@ class WorkerConfig:
                              "host_mirror_mb >= 0")
         WorkloadConfig(self.sequences, self.min_len, self.max_len, self.decode_steps)
 
+    def tiers(self):
+        from model_client.tier_stack import TierConfig
+        return TierConfig(self.device_cache_mb << 20, self.host_cache_mb << 20, self.host_mirror_mb << 20, self.policy)
+
     @property
     def torch_device(self) -> torch.device:
         return torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
@@ -123,7 +127,9 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     from model_client.memory_client import MemoryClient
     from model_client.prefetcher import Prefetcher
     from model_client.remote_backend import RemoteTableBackend
-    from model_client.tiers import ServiceTier, StoreTier
+    from model_client.service_tier import ServiceTier
+    from model_client.store_tier import StoreTier
+    from model_client.tier_stack import build_tiers
 
     config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
     if cfg.torch_device.type == "cuda":  # cuBLAS's documented condition for run-to-run equal results
@@ -155,9 +161,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     try:
         if server:
             server.wait_serving()
-        store = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(server.target))
-        prefetcher = Prefetcher(hasher, store, device, cfg.device_cache_mb << 20, cfg.host_cache_mb << 20, cfg.policy,
-                                host_mirror_bytes=cfg.host_mirror_mb << 20)
+        backing = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(server.target))
+        prefetcher = Prefetcher(hasher, build_tiers(cfg.tiers(), backing, config, device))
         try:
             remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=device.type == "cpu")
                                                   for layer in config.layer_ids}).to(device, dtype).eval()
@@ -185,9 +190,9 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
                 match &= all(torch.equal(a, b) for a, b in zip(pair[0].logits, pair[1].logits))
                 for result in pair:
                     result.logits = None  # bit-compared: free them (512 x 129,280 logits a step add up)
-            device_stats = prefetcher.device_tier.stats()
-            host_stats = prefetcher.host_tier.stats() if prefetcher.host_tier else None
-            mirror = prefetcher.host_mirror
+            device_stats = prefetcher.tiers.device_cache.stats()
+            host_stats = prefetcher.tiers.host_cache.stats() if prefetcher.tiers.host_cache else None
+            mirror = prefetcher.tiers.host_mirror
             mirrored = (sorted(mirror.data), mirror.nbytes, mirror.rows_served) if mirror else ([], 0, 0)
         finally:
             prefetcher.close()
@@ -219,7 +224,8 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     out["device_cache_hit_rate"] = device_stats.hit_rate
     out["host_cache_hit_rate"] = host_stats.hit_rate if host_stats else None
     out["rows_from_host_mirror"] = mirrored[2]
-    out["rows_from_store"] = sum(prefetcher.store_rows.values()) - mirrored[2]
+    out["rows_from_store"] = (sum(prefetcher.rows_below_device.values()) - mirrored[2]
+                              - (host_stats.hits if host_stats else 0))
     return out
 
 

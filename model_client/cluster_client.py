@@ -74,7 +74,7 @@ class ClusterClient:
         if refresh:
             for shard in self.replicas:
                 for client in shard:
-                    client._manifests.pop(key, None)
+                    client.forget_manifest(table, version)
         if refresh or key not in self._manifests:
             deadline = time.monotonic() + self.timeout_s
             self._manifests[key] = self._on_shard(0, lambda c, t: self._checked(c, 0, table, version, t), deadline)

@@ -82,6 +82,10 @@ class MemoryClient:
             self._manifests[key] = TableManifest.from_json(info.manifest_json)
         return self._manifests[key]
 
+    def forget_manifest(self, table: str, version: int = 0) -> None:
+        """Drop the cached manifest: the next describe asks the service."""
+        self._manifests.pop((table, version), None)
+
     def tables(self) -> list[TableManifest]:
         response = self._pool.call("ListTables", pb2.ListTablesRequest(), self._timeout)
         return [TableManifest.from_json(t.manifest_json) for t in response.tables]

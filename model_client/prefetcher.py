@@ -19,46 +19,38 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, wait
 
+import grpc
 import torch
 
 from kernels import use_triton
 
 from .hasher import LookbackState, NgramHasher
-from .host_mirror import HostMirror
+from .memory_client import MemoryServiceError
 from .row_cache import NO_USE
-from .tiers import CacheTier, fetch
+from .tier import fetch
+from .tier_stack import TierStack
 
 _TICKS = 1 << 22  # announced ticks are kept as id * _TICKS + tick: row ids up to 2**41
 DIRECT_ROWS = 1 << 14  # rows of one layer per forward read straight from a host mirror (decode of 1,024)
+UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 class Prefetcher:
-    def __init__(self, hasher: NgramHasher, store, device="cpu", device_cache_bytes: int = 64 << 20,
-                 host_cache_bytes: int = 0, policy: str = "lru", tables: dict[int, str] | None = None,
-                 version_check_s: float = 1.0, host_mirror_bytes: int = 0, progress: bool = True):
-        self.hasher, self.store, self.device = hasher, store, torch.device(device)
+    def __init__(self, hasher: NgramHasher, tiers: TierStack, version_check_s: float = 1.0):
+        """tiers: from build_tiers (tier_stack.py); the prefetcher owns them from now on (close())."""
+        self.hasher, self.tiers = hasher, tiers
+        self.device = tiers.device_cache.device
         self.layers = list(hasher.config.layer_ids)
-        self.tables = tables or {layer: f"layer{layer}" for layer in self.layers}
-        self.row_bytes = {t: store.row_bytes(t) for t in self.tables.values()}
-        self.device_tier = CacheTier("device", device_cache_bytes, self.row_bytes, self.device, policy)
-        # the host tier works on the prefetch thread, on CPU: torch ops, never the Triton kernels
-        self.host_tier = (CacheTier("host", host_cache_bytes, self.row_bytes, "cpu", policy, pin_memory=True,
-                                    kernels=False) if host_cache_bytes else None)
+        self.tables = tiers.tables
+        self.row_bytes = {t: cache.row_bytes for t, cache in tiers.device_cache.caches.items()}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
         self.current: Step | None = None
         self.future: dict[int, torch.Tensor] = {}  # per layer: sorted id * _TICKS + tick of announced uses
         self.exposed_wait_s: dict[int, list[float]] = defaultdict(list)  # per layer, one per step
-        self.store_rows: dict[int, int] = defaultdict(int)                # rows read from below the device
-        # Hot reload: every table is read at a pinned version; at a step boundary, at most every
-        # version_check_s, a newly published version is checked against the model's config, the
-        # caches drop the old version's rows, and the next step reads the new one.
+        self.rows_below_device: dict[int, int] = defaultdict(int)        # per layer: mirror, host cache, backing
+        # Hot reload: every table is read at a pinned version (tiers.versions); at a step boundary, at
+        # most every version_check_s, a newly published version is checked against the model's config,
+        # every tier switches to it, and the next step reads it.
         self.version_check_s, self._checked_at = version_check_s, time.monotonic()
-        self.versions = {table: store.version(table) for table in self.tables.values()}
-        # whole tables of the earliest layers in host memory (host_mirror.py): the first tier below
-        # the device cache for their misses, and the only one for their decode steps (below)
-        self.host_mirror = (HostMirror(host_mirror_bytes, [self.tables[layer] for layer in self.layers], store,
-                                       self.versions, pin_memory=torch.cuda.is_available(), progress=progress)
-                            if host_mirror_bytes else None)
-        self.lower_tiers = [t for t in (self.host_mirror, self.host_tier, store) if t is not None]
         # A mirrored layer's small batches (decode: 512 sequences x 16 columns = 8,192 rows) skip the
         # device cache: one index_select from the mirror plus one 1 MiB copy cost less than probing,
         # compacting hits and misses (three syncs) and inserting. Larger ones (prefill) use the cache.
@@ -70,13 +62,13 @@ class Prefetcher:
         """Admitted work: token ids [B, T] of the next forward passes, in the order they will start
         (fresh sequences, e.g. the prefill groups of a batch of prompts). With the lookahead policy
         the device cache keeps rows those passes will read until they have read them."""
-        if self.device_tier.caches and next(iter(self.device_tier.caches.values())).policy != "lookahead":
+        if self.tiers.device_cache.caches and next(iter(self.tiers.device_cache.caches.values())).policy != "lookahead":
             return
         self.future = {}
         for k, ids in enumerate(batches, start=1):
             stacked = self.hasher.row_ids_stacked(self.hasher.hash_stacked(ids.to(self.device)))
             for i, layer in enumerate(self.layers):
-                cache = self.device_tier.caches[self.tables[layer]]
+                cache = self.tiers.device_cache.caches[self.tables[layer]]
                 unique = torch.unique(stacked[i].reshape(-1))
                 when = cache.tick + k  # each forward pass ticks every layer's cache once
                 cache.announce(unique, when)
@@ -95,26 +87,22 @@ class Prefetcher:
     def refresh_versions(self) -> None:
         """Switch to newly published table versions (call between forward passes; `start` does,
         at most every version_check_s). A new version built for another config raises, naming the
-        field, and nothing changes."""
+        field, and nothing changes; an unreachable service is left to the step's reads to report."""
         self._checked_at = time.monotonic()
-        for table, pinned in self.versions.items():
+        for table, pinned in list(self.tiers.versions.items()):
             try:
-                current = self.store.version(table)
-            except (RuntimeError, OSError):  # the service is unreachable: the step's reads will say so
+                manifest = self.tiers.backing.describe(table, fresh=True)
+            except MemoryServiceError as e:
+                if e.code in UNREACHABLE:
+                    continue
+                raise
+            if manifest.version == pinned:
                 continue
-            if current == pinned:
-                continue
-            manifest = self.store.manifest(table, current)
             manifest.check_compatible(self.hasher.config, self.hasher.tokenizer.sha256,
                                       self.hasher.compressed_vocab_size)
-            for tier in (self.device_tier, self.host_tier):
-                if tier is not None:
-                    tier.clear(table)
-            if self.host_mirror is not None and self.host_mirror.holds(table):
-                self.host_mirror.reload(table, current)
-            self.versions[table] = current
+            self.tiers.switch(table, manifest.version)
             self.future = {}  # announcements were made for the old rows' ticks; harmless, but stale
-            self.switches.append((table, pinned, current))
+            self.switches.append((table, pinned, manifest.version))
 
     def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None) -> "Step":
         """Hash, probe and launch the fetches of one forward pass; the step becomes `current`."""
@@ -130,21 +118,19 @@ class Prefetcher:
         if self.current is not None:  # let running probes finish: they pin rows
             wait([f for f in self.current.futures.values() if not f.cancel()])
         self.current = None
-        for cache in self.device_tier.caches.values():
+        for cache in self.tiers.device_cache.caches.values():
             cache.pins.zero_()
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-        if self.host_mirror is not None:
-            self.host_mirror.close()
-        self.store.close()
+        self.tiers.close()
 
 
 class Step:
     def __init__(self, prefetcher: Prefetcher, hash_ids: torch.Tensor, row_ids: torch.Tensor):
         self.p, self.hash_stack, self.row_stack = prefetcher, hash_ids, row_ids
         self.parts, self.futures, self.direct = {}, {}, {}
-        mirror = prefetcher.host_mirror
+        mirror = prefetcher.tiers.host_mirror
         direct = [i for i, layer in enumerate(prefetcher.layers) if mirror is not None
                   and mirror.holds(prefetcher.tables[layer]) and row_ids[i].numel() <= prefetcher.direct_rows]
         if direct:
@@ -165,13 +151,13 @@ class Step:
             self.parts[layer] = self._probe(i, layer)
         for layer, (table, unique, _, _, _, miss_at, _) in self.parts.items():  # the first layer's rows first
             self.futures[layer] = prefetcher.pool.submit(self._read_below, table, unique[miss_at].cpu(), layer,
-                                                         prefetcher.versions[table])  # this step's version
+                                                         prefetcher.tiers.versions[table])  # this step's version
 
     def _probe(self, i: int, layer: int) -> tuple:
         """Deduplicate one layer's ids and probe its device cache (pinning the hits)."""
         table = self.p.tables[layer]
         unique, inverse = torch.unique(self.row_stack[i].reshape(-1), return_inverse=True)
-        cache = self.p.device_tier.caches[table]
+        cache = self.p.tiers.device_cache.caches[table]
         upcoming = self.p.next_use(layer, unique, cache.tick + 1)  # announced later uses
         hit, slot = cache.lookup(unique, pin=True, next_use=upcoming)  # pinned until read
         hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # syncs
@@ -185,7 +171,7 @@ class Step:
             side.wait_event(ready)
             part = self._probe(i, layer)
             table, unique, miss_at = part[0], part[1], part[5]
-            below = self._read_below(table, unique[miss_at].cpu(), layer, self.p.versions[table])
+            below = self._read_below(table, unique[miss_at].cpu(), layer, self.p.tiers.versions[table])
             miss_rows = below.to(self.row_stack.device, non_blocking=True)
             done = torch.cuda.Event()
             done.record(side)
@@ -204,16 +190,16 @@ class Step:
             layer = self.p.layers[i]
             table = self.p.tables[layer]
             rows = torch.empty(ids[k].numel(), self.p.row_bytes[table], dtype=torch.uint8, pin_memory=cuda)
-            self.p.host_mirror.get_many(table, ids[k].reshape(-1), rows)
-            self.p.store_rows[layer] += len(rows)
+            self.p.tiers.host_mirror.get_many(table, ids[k].reshape(-1), rows, self.p.tiers.versions[table])
+            self.p.rows_below_device[layer] += len(rows)
             self.direct[layer] = rows.to(self.row_stack.device, non_blocking=True)
         self.direct_wait = (time.perf_counter() - t0) / len(direct)
 
     def _read_below(self, table: str, miss: torch.Tensor, layer: int, version: int) -> torch.Tensor:
         rows = torch.empty(len(miss), self.p.row_bytes[table], dtype=torch.uint8,
                            pin_memory=torch.cuda.is_available())
-        fetch(table, miss, rows, self.p.lower_tiers, version)
-        self.p.store_rows[layer] += len(miss)
+        fetch(table, miss, rows, self.p.tiers.below_device(), version)
+        self.p.rows_below_device[layer] += len(miss)
         return rows
 
     def pending(self, layer: int) -> bool:
@@ -267,7 +253,7 @@ class Step:
         else:
             part = self.parts.pop(layer)
             miss_rows = got.to(self.row_stack.device, non_blocking=True)
-        return part, self.p.device_tier.caches[part[0]], miss_rows
+        return part, self.p.tiers.device_cache.caches[part[0]], miss_rows
 
     def wait_all(self) -> None:
         """Consume the layers nobody read (e.g. a forward pass that stopped early)."""

@@ -21,7 +21,7 @@ class RemoteTableBackend:
         self.prefetcher, self.layer_id, self.check = prefetcher, layer_id, check
         self.row_format = RowFormat(config.row_dtype, config.head_dim)
         self.num_rows = TableGeometry.from_config(config).rows(layer_id)
-        manifest = prefetcher.store.manifest(prefetcher.tables[layer_id])
+        manifest = prefetcher.tiers.backing.describe(prefetcher.tables[layer_id])
         manifest.check_compatible(config, prefetcher.hasher.tokenizer.sha256, prefetcher.hasher.compressed_vocab_size)
 
     def lookup(self, row_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -112,7 +112,8 @@ def run(cfg: WorkerLoopConfig) -> int:
     from .memory_client import MemoryClient, MemoryServiceError
     from .prefetcher import Prefetcher
     from .remote_backend import RemoteTableBackend
-    from .tiers import ServiceTier
+    from .service_tier import ServiceTier
+    from .tier_stack import TierConfig, build_tiers
     from .workload import Runner, WorkloadConfig, make_prompts
     me = worker_id()
     setup(cfg.log_level, stream=sys.stdout, worker=me)
@@ -144,8 +145,8 @@ def run(cfg: WorkerLoopConfig) -> int:
             _emit("ERROR", "memory service unavailable; retrying", error=str(e), target=cfg.cluster or cfg.target)
             time.sleep(cfg.retry_s)
     hasher = NgramHasher(config, tokenizer)
-    prefetcher = Prefetcher(hasher, ServiceTier(client), device, cfg.device_cache_mb << 20,
-                            cfg.host_cache_mb << 20, cfg.policy, host_mirror_bytes=cfg.host_mirror_mb << 20)
+    tiers = TierConfig(cfg.device_cache_mb << 20, cfg.host_cache_mb << 20, cfg.host_mirror_mb << 20, cfg.policy)
+    prefetcher = Prefetcher(hasher, build_tiers(tiers, ServiceTier(client), config, device))
     torch.manual_seed(cfg.seed)
     backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, 1, cfg.heads,
                               max_positions=cfg.max_len + cfg.decode_steps + 1)
@@ -162,7 +163,7 @@ def run(cfg: WorkerLoopConfig) -> int:
     while cfg.rounds == 0 or done < cfg.rounds:
         prompts = make_prompts(tokenizer, WorkloadConfig(cfg.sequences, cfg.min_len, cfg.max_len,
                                                          cfg.decode_steps, workload_seed + done))
-        rows_before = sum(prefetcher.store_rows.values())
+        rows_before = sum(prefetcher.rows_below_device.values())
         try:
             result = runner.run(prompts, cfg.decode_steps)
         except MemoryServiceError as e:
@@ -172,12 +173,12 @@ def run(cfg: WorkerLoopConfig) -> int:
             continue
         done += 1
         metrics.update(result.prefill_tokens, result.decode_tokens)
-        stats = prefetcher.device_tier.stats()
+        stats = prefetcher.tiers.device_cache.stats()
         waits = sum(w for waits in prefetcher.exposed_wait_s.values() for w in waits)
         _emit("INFO", "round", round=done, prefill_tokens_per_s=round(result.prefill_tokens_per_s, 1),
               decode_tokens_per_s=round(result.decode_tokens_per_s, 1),
-              rows_from_service=sum(prefetcher.store_rows.values()) - rows_before,
-              rows_served_total=sum(prefetcher.store_rows.values()),
+              rows_from_service=sum(prefetcher.rows_below_device.values()) - rows_before,
+              rows_served_total=sum(prefetcher.rows_below_device.values()),
               device_hit_rate=round(stats.hit_rate, 4), exposed_wait_s_total=round(waits, 3))
     prefetcher.close()
     return 0

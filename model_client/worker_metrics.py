@@ -45,21 +45,24 @@ class WorkerMetrics:
         p = self.p
         for layer, table in p.tables.items():
             label = str(layer)
-            for tier in (p.device_tier, p.host_tier):
+            tiers = p.tiers
+            for tier in (tiers.device_cache, tiers.host_cache):
                 if tier is None:
                     continue
                 stats = tier.stats(table)
                 for metric, name in ((LOOKUPS, "lookups"), (HITS, "hits"), (MISSES, "misses")):
                     metric.labels(label, tier.name).inc(self._delta((table, tier.name, name), getattr(stats, name)))
-                if tier is p.host_tier:
+                if tier is tiers.host_cache:
                     rows = self._delta((table, "host", "rows_in"), stats.hits)
                     ROWS.labels(label, "host").inc(rows)
                     BYTES.labels(label, "host").inc(rows * p.row_bytes[table])
-            if p.host_mirror is not None:
-                rows = self._delta((table, "mirror"), p.host_mirror.rows_by_table.get(table, 0))
+            mirrored = tiers.host_mirror.rows_by_table.get(table, 0) if tiers.host_mirror is not None else 0
+            if tiers.host_mirror is not None:
+                rows = self._delta((table, "mirror"), mirrored)
                 ROWS.labels(label, "host_mirror").inc(rows)
                 BYTES.labels(label, "host_mirror").inc(rows * p.row_bytes[table])
-            rows = self._delta((table, "service"), p.store_rows.get(layer, 0))
+            host_hits = tiers.host_cache.stats(table).hits if tiers.host_cache is not None else 0
+            rows = self._delta((table, "service"), p.rows_below_device.get(layer, 0) - mirrored - host_hits)
             ROWS.labels(label, "service").inc(rows)
             BYTES.labels(label, "service").inc(rows * p.row_bytes[table])
             waits = p.exposed_wait_s.get(layer, [])

@@ -12,7 +12,7 @@ import torch
 from core.cluster import ClusterConfig
 from model_client import MemoryServiceError
 from model_client.cluster_client import ClusterClient
-from model_client.tiers import ServiceTier
+from model_client.service_tier import ServiceTier
 
 from ..served import Server, expected_rows, fill_store, free_port
 
@@ -62,7 +62,7 @@ def test_rows_match_the_source_across_shards(shard_stores, tmp_path):
             tier = ServiceTier(client)                            # a prefetcher's backing store
             unique = np.unique(ids)
             out = torch.empty(len(unique), expect.shape[1], dtype=torch.uint8)
-            tier.get_many(TABLE, torch.from_numpy(unique), out, version=tier.version(TABLE))
+            tier.get_many(TABLE, torch.from_numpy(unique), out, tier.describe(TABLE, fresh=True).version)
             assert np.array_equal(out.numpy(), expect[unique])
     finally:
         stop_all(servers)

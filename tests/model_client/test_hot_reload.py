@@ -7,7 +7,9 @@ import torch
 
 from model_client import MemoryClient, NgramHasher
 from model_client.prefetcher import Prefetcher
-from model_client.tiers import ServiceTier, StoreTier
+from model_client.service_tier import ServiceTier
+from model_client.store_tier import StoreTier
+from model_client.tier_stack import TierConfig, build_tiers
 
 from ..conftest import real_text_ids
 from ..served import Server, expected_rows, fill_store, tiny_config
@@ -41,9 +43,9 @@ def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer,
         if server:
             server.wait_serving()
         store = ServiceTier(MemoryClient(server.target)) if server else StoreTier(str(db))
-        prefetcher = Prefetcher(NgramHasher(CONFIG, ds_tokenizer), store, device_cache_bytes=1 << 20,
-                                version_check_s=0.0, host_mirror_bytes=(64 << 20) * ("mirror" in tier),
-                                progress=False)  # +mirror: every table in host memory
+        tiers = TierConfig(device_cache_bytes=1 << 20, host_mirror_bytes=(64 << 20) * ("mirror" in tier))
+        prefetcher = Prefetcher(NgramHasher(CONFIG, ds_tokenizer), build_tiers(tiers, store, CONFIG, progress=False),
+                                version_check_s=0.0)  # +mirror: every table in host memory
         if tier.endswith("mirror"):
             prefetcher.direct_rows = 0  # through the device cache; -direct: read straight from the mirror
         ids = torch.from_numpy(real_text_ids(ds_tokenizer, "en")[:64].reshape(2, 32))
@@ -51,7 +53,7 @@ def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer,
         assert torch.equal(first.rows(LAYER), rows_of(first, seed=0))
         prefetcher.version_check_s = 3600.0                              # no checks while the steps queue up
         again = prefetcher.start(ids)                                     # now all from the device cache
-        assert prefetcher.device_tier.stats().hits > 0 or (tier.endswith("direct") and prefetcher.host_mirror.rows_served)
+        assert prefetcher.tiers.device_cache.stats().hits > 0 or (tier.endswith("direct") and prefetcher.tiers.host_mirror.rows_served)
         in_flight = prefetcher.start(ids)                                 # pinned to v1 before the publish
         publish_in_another_process(db, seed=1)                            # v2: other rows, published
         assert torch.equal(in_flight.rows(LAYER), rows_of(in_flight, seed=0))
@@ -60,9 +62,9 @@ def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer,
         switched = prefetcher.start(ids)                                  # the next step boundary
         assert (f"layer{LAYER}", 1, 2) in prefetcher.switches and len(prefetcher.switches) == len(BF16)
         assert torch.equal(switched.rows(LAYER), rows_of(switched, seed=1))   # no stale cached row
-        if prefetcher.host_mirror is not None:                            # the mirror copied v2 whole
-            assert prefetcher.host_mirror.versions == {f"layer{layer}": 2 for layer in BF16}
-            np.testing.assert_array_equal(prefetcher.host_mirror.data[f"layer{LAYER}"].numpy(),
+        if prefetcher.tiers.host_mirror is not None:                      # the mirror copied v2 whole
+            assert prefetcher.tiers.host_mirror.versions == {f"layer{layer}": 2 for layer in BF16}
+            np.testing.assert_array_equal(prefetcher.tiers.host_mirror.data[f"layer{LAYER}"].numpy(),
                                           expected_rows(LAYER, seed=1))
         prefetcher.close()
     finally:
@@ -73,7 +75,8 @@ def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer,
 def test_a_version_for_another_config_is_refused(tmp_path, ds_tokenizer):
     db = tmp_path / "db"
     fill_store(db, seed=0, dtypes=BF16)
-    prefetcher = Prefetcher(NgramHasher(CONFIG, ds_tokenizer), StoreTier(str(db)), device_cache_bytes=1 << 20,
+    prefetcher = Prefetcher(NgramHasher(CONFIG, ds_tokenizer),
+                            build_tiers(TierConfig(device_cache_bytes=1 << 20), StoreTier(str(db)), CONFIG),
                             version_check_s=0.0)
     import multiprocessing as mp
     process = mp.get_context("spawn").Process(target=load_for_another_config, args=(db,))
@@ -82,7 +85,7 @@ def test_a_version_for_another_config_is_refused(tmp_path, ds_tokenizer):
     assert process.exitcode == 0
     with pytest.raises(ValueError, match="built with seed=7"):
         prefetcher.refresh_versions()
-    assert prefetcher.versions[f"layer{LAYER}"] == 1                       # still on the old version
+    assert prefetcher.tiers.versions[f"layer{LAYER}"] == 1                       # still on the old version
     prefetcher.close()
 
 

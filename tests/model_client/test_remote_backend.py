@@ -8,11 +8,13 @@ import kernels
 from model_client import Engram, MemoryClient, MemoryServiceError, NgramHasher
 from model_client.prefetcher import Prefetcher
 from model_client.remote_backend import RemoteTableBackend
-from model_client.tiers import ServiceTier, StoreTier
+from model_client.service_tier import ServiceTier
+from model_client.store_tier import StoreTier
+from model_client.tier_stack import TierConfig, build_tiers
 
 from ..conftest import real_text_ids
-from ..served import Server, fill_store, tiny_config
 from ..kernels import INTERPRETED
+from ..served import Server, fill_store, tiny_config
 
 CONFIG = tiny_config(row_dtype="bfloat16", hc_mult=2, hidden_size=32)
 
@@ -59,11 +61,11 @@ def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
     store = ServiceTier(MemoryClient(server.target)) if tier.startswith("service") else StoreTier(str(db))
     # +mirror: the first Engram layer's whole table in host memory (one table's bytes), the rest remote
     first = CONFIG.layer_ids[0]
-    mirror_bytes = hasher.geometry.rows(first) * store.row_bytes(f"layer{first}") if tier.endswith("mirror") else 0
-    prefetcher = Prefetcher(hasher, store, device, device_cache_bytes=64 << 10, host_cache_bytes=128 << 10,
-                            host_mirror_bytes=mirror_bytes, progress=False)
+    mirror_bytes = hasher.geometry.rows(first) * store.describe(f"layer{first}").row_bytes if tier.endswith("mirror") else 0
+    tiers = TierConfig(device_cache_bytes=64 << 10, host_cache_bytes=128 << 10, host_mirror_bytes=mirror_bytes)
+    prefetcher = Prefetcher(hasher, build_tiers(tiers, store, CONFIG, device, progress=False))
     if mirror_bytes:  # prefill chunks (256 rows a layer) through the cache, decode steps (16) direct
-        assert list(prefetcher.host_mirror.data) == [f"layer{first}"]
+        assert list(prefetcher.tiers.host_mirror.data) == [f"layer{first}"]
         prefetcher.direct_rows = 64
     local, remote = modules(prefetcher, device)
     text = real_text_ids(ds_tokenizer, "en")
@@ -100,11 +102,11 @@ def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
                 assert torch.equal(local[layer](hidden, torch.as_tensor(local_hash[layer]), conv_l[layer]),
                                    remote[layer](hidden, step.hash_ids(layer), conv_r[layer]))
     assert compared == sum(lengths) * len(CONFIG.layer_ids)
-    device = prefetcher.device_tier.stats()
+    device = prefetcher.tiers.device_cache.stats()
     assert device.hits > 0 and device.misses > 0                # real traffic through the caches
     assert sum(len(w) for w in prefetcher.exposed_wait_s.values()) == (4 + 8) * len(CONFIG.layer_ids)
     if mirror_bytes:                                           # the first layer's misses came from the mirror
-        assert prefetcher.host_mirror.rows_served == prefetcher.store_rows[first] > 0
+        assert prefetcher.tiers.host_mirror.rows_served == prefetcher.rows_below_device[first] > 0
     prefetcher.close()
 
 
@@ -115,7 +117,7 @@ def test_misuse_and_failures_are_clear_errors(tmp_path, ds_tokenizer):
     server.wait_serving()
     hasher = NgramHasher(CONFIG, ds_tokenizer)
     client = MemoryClient(server.target, timeout_s=2.0, retries=2)
-    prefetcher = Prefetcher(hasher, ServiceTier(client), device_cache_bytes=64 << 10)
+    prefetcher = Prefetcher(hasher, build_tiers(TierConfig(device_cache_bytes=64 << 10), ServiceTier(client), CONFIG))
     local, remote = modules(prefetcher)
     ids = torch.from_numpy(real_text_ids(ds_tokenizer, "en")[:40].reshape(2, 20))
     hidden = torch.randn(2, 20, CONFIG.hc_mult, CONFIG.hidden_size)
@@ -131,4 +133,5 @@ def test_misuse_and_failures_are_clear_errors(tmp_path, ds_tokenizer):
         with pytest.raises(MemoryServiceError, match="UNAVAILABLE"):
             remote[1](hidden, step.hash_ids(1))                # an error, never zero rows
     with pytest.raises(ValueError, match="built with seed=0, but this model's EngramConfig has seed=3"):
-        RemoteTableBackend(Prefetcher(NgramHasher(CONFIG.replace(seed=3), ds_tokenizer), StoreTier(str(db))), 1)
+        other = CONFIG.replace(seed=3)
+        RemoteTableBackend(Prefetcher(NgramHasher(other, ds_tokenizer), build_tiers(TierConfig(), StoreTier(str(db)), other)), 1)
