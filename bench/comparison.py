@@ -3,6 +3,7 @@ memory service (or read co-located from its LMDB), in one run: tokens/s, exposed
 and whether the outputs match bit for bit. `engram-memory demo` and `bench e2e` both run this."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,14 +16,19 @@ import torch
 
 import kernels
 from core.config import EngramConfig
+from core.flags import part
+from core.manifest import table_name
 from model_client.demo_model import BackboneConfig, DemoModel
 from model_client.hasher import NgramHasher
-from model_client.row_cache import POLICIES
+from model_client.tier_stack import TierConfig
 from model_client.workload import Runner, WorkloadConfig, make_prompts
 
 
 @dataclass
-class WorkerConfig:
+class ComparisonConfig:
+    """The e2e comparison's settings (`bench e2e` and the demo derive their flags from it)."""
+    tiers: TierConfig = part(TierConfig)
+    workload: WorkloadConfig = part(WorkloadConfig)
     config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
     row_dtype: str = field(default="bfloat16", metadata={
         "help": "row dtype of the tables (bfloat16: 128 B rows, 2.6 GB for the demo's two layers)"})
@@ -31,45 +37,27 @@ class WorkerConfig:
         "help": "read the store's LMDB directly (a worker on the service's host) instead of over gRPC"})
     server_workers: int = field(default=2, metadata={"help": "memory service processes"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)"})
-    device_cache_mb: int = field(default=64, metadata={"help": "device row cache, MiB (all Engram layers together)"})
-    host_cache_mb: int = field(default=0, metadata={"help": "pinned host row cache, MiB (0: none)"})
-    host_mirror_mb: int = field(default=0, metadata={
-        "help": "pinned host memory for whole tables of the earliest Engram layers, copied from the service "
-                "at start (the demo's layer 1 in bf16: 1,263 MiB); their decode misses then need no RPC (0: none)"})
-    policy: str = field(default="lru", metadata={"help": f"cache policy: {', '.join(POLICIES)}"})
     num_layers: int = field(default=16, metadata={"help": "backbone blocks (Engram layers must be among them)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
     hc_mult: int = field(default=2, metadata={"help": "hyper-connection branches"})
     heads: int = field(default=4, metadata={"help": "attention heads"})
     dtype: str = field(default="auto", metadata={"help": "model dtype: float32, bfloat16, or auto (bf16 on cuda)"})
-    sequences: int = field(default=8, metadata={"help": "sequences in the batch"})
-    min_len: int = field(default=100, metadata={"help": "shortest prompt, tokens"})
-    max_len: int = field(default=512, metadata={"help": "longest prompt, tokens"})
-    decode_steps: int = field(default=16, metadata={"help": "greedy decode steps after the prefill"})
     prefill_batch: int = field(default=0, metadata={
         "help": "prefill the sequences in groups of this many (0: all at once); decode runs them all together"})
     repeats: int = field(default=3, metadata={
         "help": "runs per mode after a warm-up, alternating local and remote; medians reported, the ratio "
                 "as the median of the back-to-back pairs' ratios"})
-    seed: int = field(default=0, metadata={"help": "seed of the model weights and the prompts"})
+    seed: int = field(default=0, metadata={"help": "seed of the model weights"})
 
     def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise ValueError(f"WorkerConfig.policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"WorkerConfig.device must be auto, cpu or cuda (got {self.device!r})")
+            raise ValueError(f"ComparisonConfig.device must be auto, cpu or cuda (got {self.device!r})")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("WorkerConfig.device is cuda but torch sees no GPU")
+            raise ValueError("ComparisonConfig.device is cuda but torch sees no GPU")
         if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"WorkerConfig.dtype must be auto, float32 or bfloat16 (got {self.dtype!r})")
-        if self.repeats < 1 or self.device_cache_mb < 1 or self.host_cache_mb < 0 or self.host_mirror_mb < 0:
-            raise ValueError("WorkerConfig: repeats and device_cache_mb must be >= 1, host_cache_mb and "
-                             "host_mirror_mb >= 0")
-        WorkloadConfig(self.sequences, self.min_len, self.max_len, self.decode_steps)
-
-    def tiers(self):
-        from model_client.tier_stack import TierConfig
-        return TierConfig(self.device_cache_mb << 20, self.host_cache_mb << 20, self.host_mirror_mb << 20, self.policy)
+            raise ValueError(f"ComparisonConfig.dtype must be auto, float32 or bfloat16 (got {self.dtype!r})")
+        if self.repeats < 1:
+            raise ValueError(f"ComparisonConfig.repeats must be >= 1 (got {self.repeats})")
 
     @property
     def torch_device(self) -> torch.device:
@@ -98,8 +86,8 @@ def ensure_tables(config: EngramConfig, db: Path, tokenizer) -> None:
     store = TableStore(db, bulk=True)
     try:
         for layer in config.layer_ids:
-            current = store.current_version(f"layer{layer}")
-            if current and store.manifest(f"layer{layer}").row_check != row_check.FORMAT:
+            current = store.current_version(table_name(layer))
+            if current and store.manifest(table_name(layer)).row_check != row_check.FORMAT:
                 print(f"table layer{layer} in {db} was stored without per-row checksums: loading it again",
                       flush=True)
                 current = 0
@@ -121,7 +109,7 @@ def _phase_waits(prefetcher, counts_before: dict, prefill_steps: int) -> dict[in
     return out
 
 
-def run_comparison(cfg: WorkerConfig, log=print) -> dict:
+def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
     from core.tokenizer import get_compressed_tokenizer
     from memory_service.process import ServiceProcess
     from model_client.memory_client import MemoryClient
@@ -139,11 +127,12 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
     ensure_tables(config, db, tokenizer)
     device, dtype = cfg.torch_device, cfg.torch_dtype
     backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, cfg.hc_mult, cfg.heads,
-                              max_positions=cfg.max_len + cfg.decode_steps + 1)
+                              max_positions=cfg.workload.max_len + cfg.workload.decode_steps + 1)
     hasher = NgramHasher(config, tokenizer)
     # new prompts every repeat (the caches see fresh text); local and remote run the same ones
-    prompt_sets = [make_prompts(tokenizer, WorkloadConfig(cfg.sequences, cfg.min_len, cfg.max_len,
-                                                          cfg.decode_steps, cfg.seed + r)) for r in range(cfg.repeats)]
+    wl = cfg.workload
+    prompt_sets = [make_prompts(tokenizer, dataclasses.replace(wl, workload_seed=wl.workload_seed + r))
+                   for r in range(cfg.repeats)]
     from core.row_format import RowFormat
     from model_client.table_backend import LocalTableBackend
     log(f"building the local model: the whole tables in {device} memory, the same seeded rows as the store ...")
@@ -162,7 +151,7 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
         if server:
             server.wait_serving()
         backing = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(server.target))
-        prefetcher = Prefetcher(hasher, build_tiers(cfg.tiers(), backing, config, device))
+        prefetcher = Prefetcher(hasher, build_tiers(cfg.tiers, backing, config, device))
         try:
             remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=device.type == "cpu")
                                                   for layer in config.layer_ids}).to(device, dtype).eval()
@@ -173,16 +162,16 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
             waits = []
             for mode, runner in runners.items():  # warm-up (page cache, connections, allocator, kernel
                 t0 = time.perf_counter()           # choices): not measured
-                runner.run(prompt_sets[0], min(cfg.decode_steps, 2), cfg.prefill_batch)
+                runner.run(prompt_sets[0], min(cfg.workload.decode_steps, 2), cfg.prefill_batch)
                 log(f"  warm-up {mode:<6}: {time.perf_counter() - t0:.1f} s (not measured)")
             match = True
             for r in range(cfg.repeats):
                 for mode, runner in runners.items():
                     before = {layer: len(w) for layer, w in prefetcher.exposed_wait_s.items()}
-                    result = runner.run(prompt_sets[r], cfg.decode_steps, cfg.prefill_batch)
+                    result = runner.run(prompt_sets[r], cfg.workload.decode_steps, cfg.prefill_batch)
                     results[mode].append(result)
                     if mode == "remote":
-                        groups = -(-cfg.sequences // (cfg.prefill_batch or cfg.sequences))
+                        groups = -(-cfg.workload.sequences // (cfg.prefill_batch or cfg.workload.sequences))
                         waits.append(_phase_waits(prefetcher, before, groups))
                     log(f"  run {r + 1}/{cfg.repeats} {mode:<6}: prefill {result.prefill_tokens_per_s:>9,.0f} tok/s, "
                         f"decode {result.decode_tokens_per_s:>8,.0f} tok/s")
@@ -201,13 +190,13 @@ def run_comparison(cfg: WorkerConfig, log=print) -> dict:
             server.stop()
     med = lambda xs: statistics.median(xs)  # noqa: E731
     out = {"prefill_batch": cfg.prefill_batch, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "mode": "co-located lmdb" if cfg.colocated else "grpc service",
-           "sequences": cfg.sequences, "prefill_tokens": results["local"][0].prefill_tokens,
-           "min_len": cfg.min_len, "max_len": cfg.max_len, "decode_steps": cfg.decode_steps, "repeats": cfg.repeats,
+           "sequences": cfg.workload.sequences, "prefill_tokens": results["local"][0].prefill_tokens,
+           "min_len": cfg.workload.min_len, "max_len": cfg.workload.max_len, "decode_steps": cfg.workload.decode_steps, "repeats": cfg.repeats,
            "decode_tokens": results["local"][0].decode_tokens, "backbone_parameters": backbone.parameters,
            "table_rows": sum(hasher.geometry.rows(layer) for layer in config.layer_ids),
-           "table_bytes": hasher.geometry.total_bytes, "device_cache_bytes": cfg.device_cache_mb << 20,
-           "host_cache_bytes": cfg.host_cache_mb << 20, "host_mirror_tables": mirrored[0],
-           "host_mirror_bytes": mirrored[1], "policy": cfg.policy, "outputs_match": match,
+           "table_bytes": hasher.geometry.total_bytes, "device_cache_bytes": TierConfig.bytes(cfg.tiers.device_cache_mb),
+           "host_cache_bytes": TierConfig.bytes(cfg.tiers.host_cache_mb), "host_mirror_tables": mirrored[0],
+           "host_mirror_bytes": mirrored[1], "policy": cfg.tiers.policy, "outputs_match": match,
            "kernels": "triton" if kernels.use_triton(torch.empty(0, device=device)) else "reference",
            "table_store": str(db), "row_dtype": config.row_dtype}
     for phase in ("prefill", "decode"):

@@ -8,17 +8,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .comparison import WorkerConfig, report, run_comparison
+from .comparison import ComparisonConfig, report, run_comparison
 from .report import machine
 
 
 @dataclass
-class E2EBenchConfig(WorkerConfig):
+class E2EBenchConfig(ComparisonConfig):
     out: str = field(default="bench-out/e2e.json", metadata={"help": "JSON file to append a row to; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
 
 def run(cfg: E2EBenchConfig) -> int:
-    worker = WorkerConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(WorkerConfig)})
+    worker = ComparisonConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ComparisonConfig)})
     out = cfg.out
     result = {"bench": "e2e", **run_comparison(worker), **machine()}
     print("\n" + report(result))

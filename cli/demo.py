@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.comparison import WorkerConfig
+from bench.comparison import ComparisonConfig
 from core.config import PRESETS, EngramConfig
 from core.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpora_dir, corpus_file, read_lines
 from core.geometry import TableGeometry
@@ -119,7 +119,7 @@ def run(demo: DemoConfig, worker=None) -> int:
     print("\nB/token: row bytes one token reads across all its Engram layers (columns x row bytes).")
     if demo.e2e:
         from bench.comparison import report, run_comparison
-        worker = dataclasses.replace(worker or WorkerConfig(), config=demo.config)
+        worker = dataclasses.replace(worker or ComparisonConfig(), config=demo.config)
         print("\nend to end: the demo model with local tables vs tables in the memory service (--no-e2e skips)")
         out = run_comparison(worker)
         print("\n" + report(out))
@@ -128,15 +128,15 @@ def run(demo: DemoConfig, worker=None) -> int:
 
 
 @dataclass
-class DemoCommand(WorkerConfig, DemoConfig):
-    """`engram-memory demo`'s flags: the hashing report's (DemoConfig) and the worker's (WorkerConfig)."""
+class DemoCommand(ComparisonConfig, DemoConfig):
+    """`engram-memory demo`'s flags: the hashing report's (DemoConfig) and the worker's (ComparisonConfig)."""
 
     def __post_init__(self):
         DemoConfig.__post_init__(self)
-        WorkerConfig.__post_init__(self)
+        ComparisonConfig.__post_init__(self)
 
 
 def run_command(cmd: DemoCommand) -> int:
     demo = DemoConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(DemoConfig)})
-    worker = WorkerConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(WorkerConfig)})
+    worker = ComparisonConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(ComparisonConfig)})
     return run(demo, worker)

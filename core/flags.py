@@ -1,4 +1,7 @@
-"""Command-line flags derived from a config dataclass: one flag per field, help from its metadata."""
+"""Command-line flags derived from a config dataclass: one flag per field, help from its metadata.
+
+A field marked `part(...)` holds a nested config dataclass (a part several processes share, e.g. the
+tiers' sizes): its fields become flags of their own, unprefixed, and the part is built from them."""
 from __future__ import annotations
 
 import argparse
@@ -6,13 +9,29 @@ import dataclasses
 import re
 
 
-def add_dataclass_flags(parser, cls, skip: set[str] = frozenset()) -> None:
-    """--field-name for every field of `cls` (but `skip`); help from field(metadata={"help": ...})."""
+def part(factory, **metadata):
+    """A field holding a nested config dataclass; `factory` makes its default (the part's defaults
+    for this process)."""
+    return dataclasses.field(default_factory=factory, metadata={**metadata, "part": True})
+
+
+def _parts(cls):
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("part")]
+
+
+def add_dataclass_flags(parser, cls, skip: set[str] = frozenset(), defaults=None) -> None:
+    """--field-name for every field of `cls` (but `skip`) and of its parts; help from
+    field(metadata={"help": ...}). `defaults`: an instance whose values are the flags' defaults."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
+        if f.metadata.get("part"):
+            inner = getattr(defaults, f.name) if defaults is not None else f.default_factory()
+            add_dataclass_flags(parser, type(inner), skip, inner)
+            continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = (getattr(defaults, f.name) if defaults is not None else
+                   f.default if f.default is not dataclasses.MISSING else f.default_factory())
         # argparse %-formats help strings: a literal "1%" would crash --help
         help_raw = f.metadata.get("help", "").replace("%", "%%")
         if f.metadata.get("required"):
@@ -36,7 +55,10 @@ def dataclass_from_args(cls, args: argparse.Namespace, given: set[str] = frozens
     """Build `cls` from parsed flags (fields without a flag keep their defaults); its __post_init__
     validates and names any bad field. A class with SETTINGS_FILE = "<field>" takes its settings
     from that JSON file first; the flags in `given` (typed on the command line) override them."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if hasattr(args, f.name) and not f.metadata.get("part")}
+    for f in _parts(cls):
+        values[f.name] = dataclass_from_args(type(f.default_factory()), args, given)
     field_name = getattr(cls, "SETTINGS_FILE", None)
     if field_name and values.get(field_name):
         for name, value in read_settings(values[field_name], cls).items():
@@ -83,9 +105,13 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 
 
 def flag_of(cls, name: str) -> str | None:
-    """The flag a user types for field `name` of `cls` (None: not one of its fields)."""
+    """The flag a user types for field `name` of `cls` or of its parts (None: not one of them)."""
     for f in dataclasses.fields(cls):
-        if f.name == name:
+        if f.metadata.get("part"):
+            found = flag_of(type(f.default_factory()), name)
+            if found:
+                return found
+        elif f.name == name:
             return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
     return None
 

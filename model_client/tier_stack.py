@@ -11,7 +11,7 @@ version in every tier at once (the prefetcher calls it at a step boundary).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,18 +26,29 @@ from .tier import BackingStore, Tier
 
 @dataclass
 class TierConfig:
-    """Sizes of the tiers above the backing store, in bytes, and the caches' policy."""
-    device_cache_bytes: int = 64 << 20   # 64 MiB: 512 K rows of 128 B, ~1/40 of the demo's tables
-    host_cache_bytes: int = 0
-    host_mirror_bytes: int = 0           # e.g. 2 << 30: the demo's layer 1 (1.23 GiB) in host memory
-    policy: str = "lru"
+    """Sizes of the tiers above the backing store, in MiB, and the caches' policy: a config part of
+    the worker and the e2e comparison (flags derived from it)."""
+    # 64 MiB: 512 K rows of 128 B, ~1/40 of the demo's two tables
+    device_cache_mb: float = field(default=64.0, metadata={"help": "device row cache, MiB (all Engram layers together)"})
+    host_cache_mb: float = field(default=0.0, metadata={"help": "pinned host row cache, MiB (0: none)"})
+    # e.g. 2048: the demo's layer 1 (1.23 GiB) in host memory
+    host_mirror_mb: float = field(default=0.0, metadata={
+        "help": "pinned host memory for whole tables of the earliest Engram layers, copied from the service "
+                "at start; their decode misses then need no RPC (0: none)"})
+    policy: str = field(default="lru", metadata={"help": f"cache policy: {', '.join(POLICIES)}"})
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"--policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
-        for name in ("device_cache_bytes", "host_cache_bytes", "host_mirror_bytes"):
+        if self.device_cache_mb * 2**20 < 1024:
+            raise ValueError(f"--device-cache-mb must hold at least 1 KiB (got {self.device_cache_mb})")
+        for name in ("host_cache_mb", "host_mirror_mb"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_bytes', '_mb').replace('_', '-')} must be >= 0")
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+
+    @staticmethod
+    def bytes(mb: float) -> int:
+        return int(mb * 2**20)
 
 
 @dataclass
@@ -73,10 +84,11 @@ def build_tiers(cfg: TierConfig, backing: BackingStore, config: EngramConfig, de
     versions = {t: m.version for t, m in manifests.items()}
     row_bytes = {t: m.row_bytes for t, m in manifests.items()}
     device = torch.device(device)
-    mirror = (HostMirror(cfg.host_mirror_bytes, list(tables.values()), backing, versions,
+    mib = TierConfig.bytes
+    mirror = (HostMirror(mib(cfg.host_mirror_mb), list(tables.values()), backing, versions,
                          pin_memory=torch.cuda.is_available(), progress=progress)
-              if cfg.host_mirror_bytes else None)
-    host = (CacheTier("host", cfg.host_cache_bytes, row_bytes, versions, "cpu", cfg.policy, pin_memory=True,
-                      kernels=False) if cfg.host_cache_bytes else None)
-    return TierStack(CacheTier("device", cfg.device_cache_bytes, row_bytes, versions, device, cfg.policy),
+              if cfg.host_mirror_mb else None)
+    host = (CacheTier("host", mib(cfg.host_cache_mb), row_bytes, versions, "cpu", cfg.policy, pin_memory=True,
+                      kernels=False) if cfg.host_cache_mb else None)
+    return TierStack(CacheTier("device", mib(cfg.device_cache_mb), row_bytes, versions, device, cfg.policy),
                      mirror, host, backing, tables, versions)

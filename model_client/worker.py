@@ -10,6 +10,7 @@ docker-compose scales: each worker has its own id and, unless --workload-seed is
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -23,8 +24,12 @@ from dataclasses import dataclass, field
 import torch
 
 from core.config import ROW_DTYPES
+from core.flags import part
+from core.manifest import table_name
 
-from .row_cache import POLICIES
+from .client_config import ClientConfig
+from .tier_stack import TierConfig
+from .workload import WorkloadConfig
 
 logger = logging.getLogger("engram_memory")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -32,45 +37,26 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass
 class WorkerLoopConfig:
-    target: str = field(default="127.0.0.1:50051", metadata={"help": "memory service address host:port"})
-    cluster: str = field(default="", metadata={
-        "help": "cluster config JSON of a sharded, replicated service (core/cluster.py); "
-                "replaces --target"})
-    token_file: str = field(default="", metadata={
-        "help": "file holding the service's read token (its --token-file), sent with every call"})
+    client: ClientConfig = part(ClientConfig)
+    tiers: TierConfig = part(lambda: TierConfig(policy="lookahead"))
+    workload: WorkloadConfig = part(lambda: WorkloadConfig(sequences=4, min_len=64, max_len=256, decode_steps=8,
+                                                           workload_seed=-1))
     config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
     row_dtype: str = field(default="", metadata={
         "help": "row dtype the tables were loaded with ('': whatever the published tables hold)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when there is one)"})
-    device_cache_mb: int = field(default=64, metadata={"help": "device row cache, MiB"})
-    host_cache_mb: int = field(default=0, metadata={"help": "pinned host row cache, MiB (0: none)"})
-    host_mirror_mb: int = field(default=0, metadata={
-        "help": "pinned host memory for whole tables of the earliest Engram layers, copied from the service "
-                "at start; their decode misses then need no RPC (0: none)"})
-    policy: str = field(default="lookahead", metadata={"help": f"cache policy: {', '.join(POLICIES)}"})
     num_layers: int = field(default=16, metadata={"help": "backbone blocks"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
     heads: int = field(default=4, metadata={"help": "attention heads"})
-    sequences: int = field(default=4, metadata={"help": "sequences per round"})
-    min_len: int = field(default=64, metadata={"help": "shortest prompt, tokens"})
-    max_len: int = field(default=256, metadata={"help": "longest prompt, tokens"})
-    decode_steps: int = field(default=8, metadata={"help": "decode steps per round"})
     rounds: int = field(default=0, metadata={"help": "rounds to run (0: until stopped)"})
     retry_s: float = field(default=2.0, metadata={"help": "wait before retrying when the service is down"})
     seed: int = field(default=0, metadata={"help": "seed of the weights (every worker runs the same model)"})
-    workload_seed: int = field(default=-1, metadata={
-        "help": "seed of the prompts (they vary per round; -1: from this worker's id, so scaled workers "
-                "replay different text)"})
     metrics_port: int = field(default=0, metadata={
         "help": "serve Prometheus /metrics on this port: cache hits, rows fetched per tier, exposed wait "
                 "(0: off; a busy port is logged and metrics stay off)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
     def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise ValueError(f"WorkerLoopConfig.policy must be one of {', '.join(POLICIES)} (got {self.policy!r})")
-        if ":" not in self.target:
-            raise ValueError(f"WorkerLoopConfig.target must be host:port (got {self.target!r})")
         if not DEVICE.fullmatch(self.device):
             raise ValueError(f"WorkerLoopConfig.device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.row_dtype and self.row_dtype not in ROW_DTYPES:
@@ -80,8 +66,6 @@ class WorkerLoopConfig:
             raise ValueError(f"WorkerLoopConfig.log_level must be DEBUG, INFO, WARNING or ERROR (got {self.log_level!r})")
         if not 0 <= self.metrics_port < 65536:
             raise ValueError(f"WorkerLoopConfig.metrics_port must be a TCP port or 0 (got {self.metrics_port})")
-        if self.host_cache_mb < 0 or self.host_mirror_mb < 0:
-            raise ValueError("WorkerLoopConfig.host_cache_mb and host_mirror_mb must be >= 0")
         if self.rounds < 0 or self.retry_s <= 0:
             raise ValueError("WorkerLoopConfig.rounds must be >= 0 and retry_s > 0")
 
@@ -99,7 +83,7 @@ def _row_dtype(client, cfg: "WorkerLoopConfig", config) -> str:
     """--row-dtype, or the dtype the published tables hold."""
     if cfg.row_dtype:
         return cfg.row_dtype
-    return client.describe(f"layer{config.layer_ids[0]}", refresh=True).row_dtype
+    return client.describe(table_name(config.layer_ids[0]), refresh=True).row_dtype
 
 
 def run(cfg: WorkerLoopConfig) -> int:
@@ -109,12 +93,12 @@ def run(cfg: WorkerLoopConfig) -> int:
 
     from .demo_model import BackboneConfig, DemoModel
     from .hasher import NgramHasher
-    from .memory_client import MemoryClient, MemoryServiceError
+    from .memory_client import MemoryServiceError
     from .prefetcher import Prefetcher
     from .remote_backend import RemoteTableBackend
     from .service_tier import ServiceTier
-    from .tier_stack import TierConfig, build_tiers
-    from .workload import Runner, WorkloadConfig, make_prompts
+    from .tier_stack import build_tiers
+    from .workload import Runner, make_prompts
     me = worker_id()
     setup(cfg.log_level, stream=sys.stdout, worker=me)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -129,43 +113,35 @@ def run(cfg: WorkerLoopConfig) -> int:
             worker_metrics.serve(cfg.metrics_port)
         except OSError as e:
             _emit("WARNING", "metrics port busy; metrics off", metrics_port=cfg.metrics_port, error=e.strerror)
-    from core.credentials import read_secret
-    token = read_secret(cfg.token_file, "--token-file") or None
-    if cfg.cluster:
-        from .cluster_client import ClusterClient
-        client = ClusterClient(cfg.cluster, timeout_s=10.0, token=token)
-    else:
-        client = MemoryClient(cfg.target, timeout_s=10.0, retries=3, token=token)
+    client = cfg.client.connect()
     while True:  # wait for the service and its tables, checking they fit this model
         try:
             config = config.replace(row_dtype=_row_dtype(client, cfg, config))
             client.check(config, tokenizer.sha256, tokenizer.num_compressed)
             break
         except MemoryServiceError as e:
-            _emit("ERROR", "memory service unavailable; retrying", error=str(e), target=cfg.cluster or cfg.target)
+            _emit("ERROR", "memory service unavailable; retrying", error=str(e), target=cfg.client.address)
             time.sleep(cfg.retry_s)
     hasher = NgramHasher(config, tokenizer)
-    tiers = TierConfig(cfg.device_cache_mb << 20, cfg.host_cache_mb << 20, cfg.host_mirror_mb << 20, cfg.policy)
-    prefetcher = Prefetcher(hasher, build_tiers(tiers, ServiceTier(client), config, device))
+    prefetcher = Prefetcher(hasher, build_tiers(cfg.tiers, ServiceTier(client), config, device))
     torch.manual_seed(cfg.seed)
     backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, 1, cfg.heads,
-                              max_positions=cfg.max_len + cfg.decode_steps + 1)
+                              max_positions=cfg.workload.max_len + cfg.workload.decode_steps + 1)
     model = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=False)
                                          for layer in config.layer_ids}).to(device).eval()
     runner = Runner(model, hasher, prefetcher, pad_id=config.pad_id)
     from .worker_metrics import WorkerMetrics
     metrics = WorkerMetrics(prefetcher)
-    workload_seed = cfg.workload_seed if cfg.workload_seed >= 0 else zlib.crc32(me.encode())
-    _emit("INFO", "worker ready", target=cfg.cluster or cfg.target, device=str(device), policy=cfg.policy,
-          device_cache_mb=cfg.device_cache_mb, layers=config.layer_ids, row_dtype=config.row_dtype,
+    workload_seed = cfg.workload.workload_seed if cfg.workload.workload_seed >= 0 else zlib.crc32(me.encode())
+    _emit("INFO", "worker ready", target=cfg.client.address, device=str(device), policy=cfg.tiers.policy,
+          device_cache_mb=cfg.tiers.device_cache_mb, layers=config.layer_ids, row_dtype=config.row_dtype,
           workload_seed=workload_seed, metrics_port=cfg.metrics_port)
     done = 0
     while cfg.rounds == 0 or done < cfg.rounds:
-        prompts = make_prompts(tokenizer, WorkloadConfig(cfg.sequences, cfg.min_len, cfg.max_len,
-                                                         cfg.decode_steps, workload_seed + done))
+        prompts = make_prompts(tokenizer, dataclasses.replace(cfg.workload, workload_seed=workload_seed + done))
         rows_before = sum(prefetcher.rows_below_device.values())
         try:
-            result = runner.run(prompts, cfg.decode_steps)
+            result = runner.run(prompts, cfg.workload.decode_steps)
         except MemoryServiceError as e:
             prefetcher.abandon()
             _emit("ERROR", "memory service unavailable; round abandoned, retrying", error=str(e))

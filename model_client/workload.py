@@ -24,7 +24,9 @@ class WorkloadConfig:
     min_len: int = field(default=100, metadata={"help": "shortest prompt, tokens"})
     max_len: int = field(default=512, metadata={"help": "longest prompt, tokens (lengths are uniform in between)"})
     decode_steps: int = field(default=16, metadata={"help": "greedy decode steps after the prefill"})
-    workload_seed: int = field(default=0, metadata={"help": "seed of the prompt lengths and offsets"})
+    workload_seed: int = field(default=0, metadata={
+        "help": "seed of the prompts' lengths and offsets (the worker: -1 takes it from its id, so scaled "
+                "workers replay different text; each round adds its number)"})
 
     def __post_init__(self):
         if self.sequences < 1 or self.decode_steps < 0:

@@ -5,8 +5,10 @@ import subprocess
 
 import pytest
 
-from bench.comparison import WorkerConfig, _phase_waits, report, run_comparison
+from bench.comparison import ComparisonConfig, _phase_waits, report, run_comparison
 from memory_service.process import executable
+from model_client.tier_stack import TierConfig
+from model_client.workload import WorkloadConfig
 
 from ..served import tiny_config
 
@@ -18,10 +20,10 @@ def tiny_json(tmp_path_factory):
     return str(path)
 
 
-def worker(tmp_path, config, **changes):
-    base = WorkerConfig(config=config, data_dir=str(tmp_path), num_layers=3, hidden_size=32, heads=4,
-                        sequences=3, min_len=20, max_len=60, decode_steps=4, repeats=2, device_cache_mb=1,
-                        host_cache_mb=1)
+def worker(tmp_path, config, host_mirror_mb=0, **changes):
+    base = ComparisonConfig(config=config, data_dir=str(tmp_path), num_layers=3, hidden_size=32, heads=4, repeats=2,
+                            workload=WorkloadConfig(sequences=3, min_len=20, max_len=60, decode_steps=4),
+                            tiers=TierConfig(device_cache_mb=1, host_cache_mb=1, host_mirror_mb=host_mirror_mb))
     return dataclasses.replace(base, **changes)
 
 
@@ -63,9 +65,10 @@ def test_lookahead_policy_beats_lru_and_keeps_outputs_exact(tmp_path, tiny_json)
     need: more hits than LRU at the same (small) size, outputs still bit-identical."""
     rates = {}
     for policy in ("lru", "lookahead"):
-        out = run_comparison(worker(tmp_path, tiny_json, policy=policy, prefill_batch=1, sequences=8,
-                                    min_len=500, max_len=500, decode_steps=1, device_cache_mb=1,
-                                    host_cache_mb=0, repeats=1), log=lambda *_: None)
+        out = run_comparison(worker(tmp_path, tiny_json, prefill_batch=1, repeats=1,
+                                    tiers=TierConfig(device_cache_mb=1, policy=policy),
+                                    workload=WorkloadConfig(sequences=8, min_len=500, max_len=500, decode_steps=1)),
+                             log=lambda *_: None)
         assert out["outputs_match"] is True
         rates[policy] = out["device_cache_hit_rate"]
     assert rates["lookahead"] > rates["lru"], rates

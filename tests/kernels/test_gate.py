@@ -36,6 +36,7 @@ def test_engram_module_uses_the_fused_gate(device):
     """The whole Engram layer with the kernel gate stays within the bf16 tolerance of the reference."""
     import kernels
     from model_client import Engram
+
     from ..conftest import small_config
     config = small_config(row_dtype="bfloat16", hc_mult=2)
     torch.manual_seed(0)

@@ -57,6 +57,7 @@ def test_small_primes_take_the_exact_int64_modulo(ds_tokenizer, device):
     """Primes below 2**13 (test geometries) would break the float64 quotient's error bound: the
     kernel picks the int64 modulo for them by itself."""
     from kernels.hashing import hash_layers, hash_layers_reference
+
     from ..conftest import small_config
     hasher = NgramHasher(small_config(), ds_tokenizer)
     consts = hasher._consts(device)

@@ -147,6 +147,7 @@ def test_a_thread_without_memory_for_its_segment_fails_no_other_thread(server, m
     """One thread cannot get memory for its segment (ENOMEM): the client goes on over the transport,
     and the other threads, reading their own segments at that moment, lose nothing."""
     import errno
+
     from model_client import shared_arena
     expect, failures, stop = expected_rows(LAYER), [], threading.Event()
     real = shared_arena.Segment.__init__

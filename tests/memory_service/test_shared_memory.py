@@ -85,6 +85,7 @@ def test_server_without_shared_memory_makes_the_client_fall_back(store_path):
 def test_a_segment_that_cannot_be_reserved_fails_cleanly(monkeypatch):
     """No memory for the segment: ENOSPC at creation (never a SIGBUS at the first write)."""
     import errno
+
     from model_client.shared_arena import SharedArena
 
     def full(fd, offset, length):

@@ -43,7 +43,7 @@ def test_a_publish_reaches_the_worker_at_a_step_boundary(tmp_path, ds_tokenizer,
         if server:
             server.wait_serving()
         store = ServiceTier(MemoryClient(server.target)) if server else StoreTier(str(db))
-        tiers = TierConfig(device_cache_bytes=1 << 20, host_mirror_bytes=(64 << 20) * ("mirror" in tier))
+        tiers = TierConfig(device_cache_mb=1, host_mirror_mb=64 * ("mirror" in tier))
         prefetcher = Prefetcher(NgramHasher(CONFIG, ds_tokenizer), build_tiers(tiers, store, CONFIG, progress=False),
                                 version_check_s=0.0)  # +mirror: every table in host memory
         if tier.endswith("mirror"):
@@ -76,7 +76,7 @@ def test_a_version_for_another_config_is_refused(tmp_path, ds_tokenizer):
     db = tmp_path / "db"
     fill_store(db, seed=0, dtypes=BF16)
     prefetcher = Prefetcher(NgramHasher(CONFIG, ds_tokenizer),
-                            build_tiers(TierConfig(device_cache_bytes=1 << 20), StoreTier(str(db)), CONFIG),
+                            build_tiers(TierConfig(device_cache_mb=1), StoreTier(str(db)), CONFIG),
                             version_check_s=0.0)
     import multiprocessing as mp
     process = mp.get_context("spawn").Process(target=load_for_another_config, args=(db,))

@@ -62,7 +62,7 @@ def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
     # +mirror: the first Engram layer's whole table in host memory (one table's bytes), the rest remote
     first = CONFIG.layer_ids[0]
     mirror_bytes = hasher.geometry.rows(first) * store.describe(f"layer{first}").row_bytes if tier.endswith("mirror") else 0
-    tiers = TierConfig(device_cache_bytes=64 << 10, host_cache_bytes=128 << 10, host_mirror_bytes=mirror_bytes)
+    tiers = TierConfig(device_cache_mb=1 / 16, host_cache_mb=1 / 8, host_mirror_mb=mirror_bytes / 2**20)
     prefetcher = Prefetcher(hasher, build_tiers(tiers, store, CONFIG, device, progress=False))
     if mirror_bytes:  # prefill chunks (256 rows a layer) through the cache, decode steps (16) direct
         assert list(prefetcher.tiers.host_mirror.data) == [f"layer{first}"]
@@ -117,7 +117,7 @@ def test_misuse_and_failures_are_clear_errors(tmp_path, ds_tokenizer):
     server.wait_serving()
     hasher = NgramHasher(CONFIG, ds_tokenizer)
     client = MemoryClient(server.target, timeout_s=2.0, retries=2)
-    prefetcher = Prefetcher(hasher, build_tiers(TierConfig(device_cache_bytes=64 << 10), ServiceTier(client), CONFIG))
+    prefetcher = Prefetcher(hasher, build_tiers(TierConfig(device_cache_mb=1 / 16), ServiceTier(client), CONFIG))
     local, remote = modules(prefetcher)
     ids = torch.from_numpy(real_text_ids(ds_tokenizer, "en")[:40].reshape(2, 20))
     hidden = torch.randn(2, 20, CONFIG.hc_mult, CONFIG.hidden_size)

@@ -115,7 +115,7 @@ def test_build_tiers_composes_the_stack_once(served_store):
     server, db, _ = served_store
     config = tiny_config(row_dtype="bfloat16", layer_ids=[2])
     mirror_bytes = expected_rows(2).nbytes
-    stack = build_tiers(TierConfig(device_cache_bytes=1 << 20, host_cache_bytes=1 << 20, host_mirror_bytes=mirror_bytes,
+    stack = build_tiers(TierConfig(device_cache_mb=1, host_cache_mb=1, host_mirror_mb=mirror_bytes / 2**20,
                                    policy="lfu"), StoreTier(str(db)), config, progress=False)
     try:
         assert stack.tables == {2: TABLE} and stack.versions == {TABLE: V}
