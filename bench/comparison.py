@@ -153,7 +153,7 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
         backing = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(server.target))
         prefetcher = Prefetcher(hasher, build_tiers(cfg.tiers, backing, config, device))
         try:
-            remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=device.type == "cpu")
+            remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer)
                                                   for layer in config.layer_ids}).to(device, dtype).eval()
             remote.load_state_dict(local.state_dict())
             runners = {"local": Runner(local, hasher, pad_id=config.pad_id),

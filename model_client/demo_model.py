@@ -53,10 +53,10 @@ class Block(nn.Module):
         self.qkv, self.out = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
         self.fc1, self.fc2 = nn.Linear(d, cfg.mlp_ratio * d, bias=False), nn.Linear(cfg.mlp_ratio * d, d, bias=False)
 
-    def forward(self, x, positions, kv, engram_ids=None, conv_state=None, lengths=None):
+    def forward(self, x, positions, kv, engram_ids=None, conv_state=None, lengths=None, step=None):
         """x [B, T, M, D]; positions [B, T]; kv = (k, v) caches [B, H, S, hd], written at positions."""
         if self.engram is not None:
-            x = x + self.engram(x, engram_ids, conv_state, lengths)
+            x = x + self.engram(x, engram_ids, conv_state, lengths, step)
         h = x.mean(dim=2)
         B, T, D = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
@@ -106,13 +106,14 @@ class DemoModel(nn.Module):
                        for _ in self.blocks],
                 "conv": {i: b.engram.new_conv_state(batch, device) for i, b in enumerate(self.blocks) if b.engram}}
 
-    def forward(self, input_ids, positions, state: dict, engram_ids: dict, lengths=None):
+    def forward(self, input_ids, positions, state: dict, engram_ids: dict, lengths=None, step=None):
         """Logits [B, vocab] at each row's last valid position. engram_ids: {layer: [B, T, C]},
-        from NgramHasher.hash (local tables) or the prefetcher's step (remote tables)."""
+        from NgramHasher.hash (local tables) or the prefetcher's `step` (remote tables), which the
+        Engram layers then read their rows from."""
         x = self.embed(input_ids) + self.pos(positions)
         x = x.unsqueeze(2).expand(-1, -1, self.cfg.hc_mult, -1).contiguous()
         for i, block in enumerate(self.blocks):
-            x = block(x, positions, state["kv"][i], engram_ids.get(i), state["conv"].get(i), lengths)
+            x = block(x, positions, state["kv"][i], engram_ids.get(i), state["conv"].get(i), lengths, step)
         last = (lengths - 1) if lengths is not None else torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
         h = x.mean(dim=2)[torch.arange(x.shape[0], device=x.device), last.long()]
         return self.head(self.norm(h))

@@ -29,9 +29,9 @@ from .table_backend import LocalTableBackend, TableBackend
 class MultiHeadEmbedding(nn.Module):
     """Per-sub-table indices [B, T, C] -> concatenated rows [B, T, C * head_dim] from a backend."""
 
-    def __init__(self, table_sizes: list[int], head_dim: int, backend: TableBackend):
+    def __init__(self, table_sizes: list[int], head_dim: int, backend: TableBackend, layer_id: int):
         super().__init__()
-        self.head_dim = head_dim
+        self.head_dim, self.layer_id = head_dim, layer_id
         self.table_sizes = list(table_sizes)
         offsets = [0]
         for size in table_sizes[:-1]:
@@ -39,8 +39,13 @@ class MultiHeadEmbedding(nn.Module):
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long))
         self.embedding = backend  # named as the reference's nn.Embedding, whose weight it replaces
 
-    def forward(self, hash_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        rows = self.embedding.lookup(hash_ids + self.offsets.to(hash_ids.device), dtype)
+    def forward(self, hash_ids: torch.Tensor, dtype: torch.dtype, step=None) -> torch.Tensor:
+        """With the prefetcher's `step`, the rows it fetched for this layer (it computed the row ids
+        once, at forward entry); else the backend's rows of hash_ids + the sub-tables' offsets."""
+        if step is not None:
+            rows = step.embeddings(self.layer_id, hash_ids, self.embedding.row_format, dtype)
+        else:
+            rows = self.embedding.lookup(hash_ids + self.offsets.to(hash_ids.device), dtype)
         return rows.flatten(start_dim=-2)
 
 
@@ -96,7 +101,7 @@ class Engram(nn.Module):
             raise ValueError(f"table backend holds {backend.num_rows} rows as {backend.row_format}; "
                              f"layer {layer_id} needs {sum(table_sizes)} rows as {row_format}")
         H, E, M = config.hidden_size, config.engram_hidden_size, config.hc_mult
-        self.multi_head_embedding = MultiHeadEmbedding(table_sizes, config.head_dim, backend)
+        self.multi_head_embedding = MultiHeadEmbedding(table_sizes, config.head_dim, backend, layer_id)
         self.short_conv = ShortConv(H, config.kernel_size, config.max_ngram_size, M)
         self.value_proj = nn.Linear(E, H)
         self.key_projs = nn.ModuleList(nn.Linear(E, H) for _ in range(M))
@@ -111,15 +116,16 @@ class Engram(nn.Module):
         return self.short_conv.new_state(batch_size, device or self.value_proj.weight.device, self.dtype)
 
     def forward(self, hidden_states: torch.Tensor, hash_ids: torch.Tensor,
-                conv_state: torch.Tensor | None = None, lengths=None) -> torch.Tensor:
+                conv_state: torch.Tensor | None = None, lengths=None, step=None) -> torch.Tensor:
         """hidden_states [B, T, M, D] (or [B, T, D] when hc_mult == 1); hash_ids int [B, T, C] from
         NgramHasher.hash()[layer_id]; conv_state from new_conv_state() for chunked prefill and
         decode (advanced in place by each row's first lengths[b] tokens). Returns Y, shaped like
-        hidden_states, for the caller to add to the residual branches."""
+        hidden_states, for the caller to add to the residual branches. step: the prefetcher's Step
+        of this forward pass, where the table is remote (the layer reads its rows from it)."""
         plain = hidden_states.dim() == 3 and self.config.hc_mult == 1
         h = hidden_states.unsqueeze(2) if plain else hidden_states
         self._check(h, hash_ids, conv_state)
-        embeddings = self.multi_head_embedding(hash_ids, self.dtype)               # [B, T, E]
+        embeddings = self.multi_head_embedding(hash_ids, self.dtype, step)         # [B, T, E]
         if use_triton(h):  # one fused kernel for norms, dot, signed sqrt, sigmoid and scaling
             from kernels.gate import gate
             keys = torch.stack([proj(embeddings) for proj in self.key_projs], dim=2)  # [B, T, M, D]

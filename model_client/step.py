@@ -152,10 +152,18 @@ class Step:
         plan.settle(miss_rows)
         return rows[plan.inverse].view(*self.row_ids(layer).shape, cache.row_bytes)
 
-    def embeddings(self, layer: int, row_format, dtype: torch.dtype) -> torch.Tensor:
-        """The layer's rows decoded to `dtype`, [B, T, columns, head_dim]. On CUDA one Triton kernel
-        gathers them from the cache slots (hits) and the fetched rows (misses), dequantizing on the
-        way, with no [B, T, columns, row_bytes] intermediate; elsewhere `rows` + RowFormat."""
+    def embeddings(self, layer: int, hash_ids: torch.Tensor, row_format, dtype: torch.dtype) -> torch.Tensor:
+        """The layer's rows decoded to `dtype`, [B, T, columns, head_dim], for `hash_ids` (which must
+        be this step's: `hash_ids(layer)`). On CUDA one Triton kernel gathers them from the cache
+        slots (hits) and the fetched rows (misses), dequantizing on the way, with no
+        [B, T, columns, row_bytes] intermediate; elsewhere `rows` + RowFormat."""
+        if not self.pending(layer):
+            raise RuntimeError(f"Engram layer {layer}: this step's rows were read already; start a step "
+                               "(prefetcher.start(input_ids)) for every forward pass")
+        mine = self.hash_ids(layer)  # the same tensor: no check needed; another one: compared (one sync)
+        if hash_ids is not mine and not torch.equal(hash_ids.to(mine.device), mine):
+            raise RuntimeError(f"Engram layer {layer} asked for other rows than the step prefetched: "
+                               "pass step.hash_ids(layer) to the layer")
         if layer in self.direct or not use_triton(self.row_stack):
             return row_format.decode_torch(self.rows(layer), dtype)
         from kernels.gather import gather_rows

@@ -127,7 +127,7 @@ def run(cfg: WorkerLoopConfig) -> int:
     torch.manual_seed(cfg.seed)
     backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, 1, cfg.heads,
                               max_positions=cfg.workload.max_len + cfg.workload.decode_steps + 1)
-    model = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer, check=False)
+    model = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer)
                                          for layer in config.layer_ids}).to(device).eval()
     runner = Runner(model, hasher, prefetcher, pad_id=config.pad_id)
     from .worker_metrics import WorkerMetrics

@@ -76,13 +76,16 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _engram_ids(self, ids, lookback, lengths) -> dict:
-        """Forward entry: hash every Engram layer (local) or start the prefetch (remote)."""
+    def _forward(self, ids, positions, state, lookback, lengths=None):
+        """Forward entry: hash every Engram layer (local tables) or start the prefetch (remote: the
+        Engram layers read their rows from the step), then the forward pass."""
         if self.prefetcher is not None:
             step = self.prefetcher.start(ids, lookback, lengths)
-            return {layer: step.hash_ids(layer) for layer in self.prefetcher.layers}
-        stacked = self.hasher.hash_stacked(ids, lookback, lengths)
-        return {layer: stacked[i] for i, layer in enumerate(self.hasher.config.layer_ids)}
+            engram_ids = {layer: step.hash_ids(layer) for layer in self.prefetcher.layers}
+        else:
+            step, stacked = None, self.hasher.hash_stacked(ids, lookback, lengths)
+            engram_ids = {layer: stacked[i] for i, layer in enumerate(self.hasher.config.layer_ids)}
+        return self.model(ids, positions, state, engram_ids, lengths, step)
 
     @torch.no_grad()
     def run(self, prompts: list[np.ndarray], decode_steps: int, prefill_batch: int = 0) -> RunResult:
@@ -111,7 +114,7 @@ class Runner:
             sub = {"kv": [(k[rows], v[rows]) for k, v in state["kv"]],
                    "conv": {i: c[rows] for i, c in state["conv"].items()}}
             sub_lookback = LookbackState(lookback.ids[rows])
-            logits.append(self.model(part, positions, sub, self._engram_ids(part, sub_lookback, n), n))
+            logits.append(self._forward(part, positions, sub, sub_lookback, n))
         logits = [torch.cat(logits)]
         self._sync()
         prefill_s = time.perf_counter() - t0
@@ -122,7 +125,7 @@ class Runner:
             nxt = logits[-1][:, :vocab].argmax(dim=-1)
             tokens.append(nxt)
             step_ids = nxt[:, None]
-            logits.append(self.model(step_ids, pos[:, None], state, self._engram_ids(step_ids, lookback, None)))
+            logits.append(self._forward(step_ids, pos[:, None], state, lookback))
             pos += 1
         self._sync()
         decode_s = time.perf_counter() - t0

@@ -89,7 +89,7 @@ def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
             step = prefetcher.start(ids, state_r, n)
             for layer in CONFIG.layer_ids:
                 y_local = local[layer](hidden, torch.as_tensor(local_hash[layer]), conv_l[layer], n)
-                y_remote = remote[layer](hidden, step.hash_ids(layer), conv_r[layer], n)
+                y_remote = remote[layer](hidden, step.hash_ids(layer), conv_r[layer], n, step=step)
                 for b in range(B):  # positions past a row's length are padding
                     assert torch.equal(y_local[b, :n[b]], y_remote[b, :n[b]])
                     compared += int(n[b])
@@ -100,7 +100,7 @@ def remote_equals_local(bf16_server, ds_tokenizer, tier, device):
             step = prefetcher.start(ids, state_r)
             for layer in CONFIG.layer_ids:
                 assert torch.equal(local[layer](hidden, torch.as_tensor(local_hash[layer]), conv_l[layer]),
-                                   remote[layer](hidden, step.hash_ids(layer), conv_r[layer]))
+                                   remote[layer](hidden, step.hash_ids(layer), conv_r[layer], step=step))
     assert compared == sum(lengths) * len(CONFIG.layer_ids)
     device = prefetcher.tiers.device_cache.stats()
     assert device.hits > 0 and device.misses > 0                # real traffic through the caches
@@ -122,16 +122,20 @@ def test_misuse_and_failures_are_clear_errors(tmp_path, ds_tokenizer):
     ids = torch.from_numpy(real_text_ids(ds_tokenizer, "en")[:40].reshape(2, 20))
     hidden = torch.randn(2, 20, CONFIG.hc_mult, CONFIG.hidden_size)
     with torch.no_grad():
-        with pytest.raises(RuntimeError, match="no prefetched rows; call prefetcher.start"):
+        with pytest.raises(RuntimeError, match="its table is remote; pass the forward pass's step"):
             remote[1](hidden, torch.as_tensor(hasher.hash(ids)[1]))
         step = prefetcher.start(ids)
         with pytest.raises(RuntimeError, match="asked for other rows than the step prefetched"):
-            remote[1](hidden, torch.as_tensor(hasher.hash(ids)[1]) + 1)
+            remote[1](hidden, torch.as_tensor(hasher.hash(ids)[1]) + 1, step=step)
+        equal = torch.as_tensor(hasher.hash(ids)[1])          # equal ids, another tensor: compared, served
+        assert remote[1](hidden, equal, step=step).shape == hidden.shape
+        with pytest.raises(RuntimeError, match="rows were read already"):
+            remote[1](hidden, step.hash_ids(1), step=step)
         step.wait_all()
         server.stop()                                          # the service goes away
         step = prefetcher.start(ids)
         with pytest.raises(MemoryServiceError, match="UNAVAILABLE"):
-            remote[1](hidden, step.hash_ids(1))                # an error, never zero rows
+            remote[1](hidden, step.hash_ids(1), step=step)     # an error, never zero rows
     with pytest.raises(ValueError, match="built with seed=0, but this model's EngramConfig has seed=3"):
         other = CONFIG.replace(seed=3)
         RemoteTableBackend(Prefetcher(NgramHasher(other, ds_tokenizer), build_tiers(TierConfig(), StoreTier(str(db)), other)), 1)
