@@ -4,8 +4,8 @@ Per layer a LayerPlan records what the probe of the device cache found: the laye
 where each token's id is among them (`inverse`), the cache slots of the hits (pinned until read), the
 positions of the misses and their next announced use. The misses are read below the device cache
 on the fetch thread; when the layer asks (`rows` or `embeddings`), the step waits for that layer only
-and settles the plan: misses inserted into the device cache, the hits' pins released. The device
-cache is changed only there (and probed only in `_probe`).
+and settles the plan: misses inserted into the device cache, the hits' pins released. A step changes
+the device cache only through its LayerPlans (probe, then settle).
 """
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ class LayerPlan:
     hit_at: torch.Tensor             # positions in unique of the hits
     miss_at: torch.Tensor            # ... and of the misses
     miss_next_use: torch.Tensor | None  # the misses' next announced use (lookahead policy), or None
+
+    @classmethod
+    def probe(cls, table: str, cache: RowCache, row_ids: torch.Tensor, lookahead, layer: int) -> "LayerPlan":
+        """Deduplicate one layer's ids and probe its device cache, pinning the hits until they are read."""
+        unique, inverse = torch.unique(row_ids.reshape(-1), return_inverse=True)
+        upcoming = lookahead.next_use(layer, unique, cache.tick + 1)  # announced later uses
+        hit, slot = cache.lookup(unique, pin=True, next_use=upcoming)
+        hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # syncs
+        miss_next_use = None if upcoming is None else upcoming[miss_at]
+        return cls(table, cache, unique, inverse, slot, hit_at, miss_at, miss_next_use)
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.unique, self.inverse, self.slot, self.hit_at, self.miss_at, self.miss_next_use)
@@ -79,15 +89,9 @@ class Step:
                                                          layer, prefetcher.tiers.versions[plan.table])
 
     def _probe(self, i: int, layer: int) -> LayerPlan:
-        """Deduplicate one layer's ids and probe its device cache (pinning the hits)."""
         table = self.p.tables[layer]
-        unique, inverse = torch.unique(self.row_stack[i].reshape(-1), return_inverse=True)
         cache = self.p.tiers.device_cache.caches[table]
-        upcoming = self.p.lookahead.next_use(layer, unique, cache.tick + 1)  # announced later uses
-        hit, slot = cache.lookup(unique, pin=True, next_use=upcoming)  # pinned until read
-        hit_at, miss_at = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)  # syncs
-        return LayerPlan(table, cache, unique, inverse, slot, hit_at, miss_at,
-                         None if upcoming is None else upcoming[miss_at])
+        return LayerPlan.probe(table, cache, self.row_stack[i], self.p.lookahead, layer)
 
     def _prepare(self, i: int, layer: int, ready) -> tuple[LayerPlan, torch.Tensor, "torch.cuda.Event"]:
         """Fetch thread, CUDA: probe, read the misses below and copy them up on the side stream;
