@@ -118,7 +118,10 @@ def test_unread_unary_answers_cannot_exhaust_server_memory(tmp_path):
     import signal
     db = tmp_path / "db"
     fill_store(db, dtypes={LAYER: "bfloat16"})
-    server = Server(db, "--max-message-mb", "32", workers=2)
+    # --trim-s 0.5: freed answers go back to the kernel at once, so the growth measured is what the
+    # server holds, not what glibc keeps for reuse (up to 256 MiB a process, core/malloc.py); on a
+    # busy CI machine that slack alone took a run to 791 MiB
+    server = Server(db, "--max-message-mb", "32", "--trim-s", "0.5", workers=2)
     server.wait_serving()
     pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
                                            text=True).stdout.split()]
@@ -135,7 +138,7 @@ def test_unread_unary_answers_cannot_exhaust_server_memory(tmp_path):
         time.sleep(3)
         grown = anon_mib() - before
         assert new_calls_succeed(server.target, 2.0) == []
-        assert grown < 700, f"the server holds {grown} MiB more for answers nobody reads"
+        assert grown < 500, f"the server holds {grown} MiB more for answers nobody reads"
     finally:
         os.kill(attacker.pid, signal.SIGKILL)
         attacker.wait()
