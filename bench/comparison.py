@@ -156,8 +156,9 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
             remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer)
                                                   for layer in config.layer_ids}).to(device, dtype).eval()
             remote.load_state_dict(local.state_dict())
-            runners = {"local": Runner(local, hasher, pad_id=config.pad_id),
-                       "remote": Runner(remote, hasher, prefetcher, pad_id=config.pad_id)}
+            states: dict = {}  # one KV cache for both (they alternate): 512 x 1,057 positions of a 1.3B model is 71 GB
+            runners = {"local": Runner(local, hasher, pad_id=config.pad_id, states=states),
+                       "remote": Runner(remote, hasher, prefetcher, pad_id=config.pad_id, states=states)}
             results = {"local": [], "remote": []}
             waits = []
             for mode, runner in runners.items():  # warm-up (page cache, connections, allocator, kernel
@@ -203,19 +204,46 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
         for mode in ("local", "remote"):
             out[f"{phase}_{mode}_tokens_per_s"] = med([getattr(r, f"{phase}_tokens_per_s") for r in results[mode]])
         # the median of the back-to-back pairs' ratios: robust to the machine's speed drifting
-        out[f"{phase}_ratio_remote_to_local"] = med([getattr(b, f"{phase}_tokens_per_s") / getattr(a, f"{phase}_tokens_per_s")
-                                                     for a, b in zip(results["local"], results["remote"])])
+        pairs = [getattr(b, f"{phase}_tokens_per_s") / getattr(a, f"{phase}_tokens_per_s")
+                 for a, b in zip(results["local"], results["remote"])]
+        out[f"{phase}_ratio_remote_to_local"] = med(pairs)
+        out[f"{phase}_pair_ratios"] = pairs
         seconds = med([getattr(r, f"{phase}_s") for r in results["remote"]])
         k = 0 if phase == "prefill" else 1
         out[f"{phase}_exposed_wait_share"] = med([sum(w[k] for w in run.values()) for run in waits]) / seconds if seconds else 0.0
         out[f"{phase}_exposed_wait_share_by_layer"] = {
             str(layer): med([run[layer][k] for run in waits]) / seconds if seconds else 0.0 for layer in waits[0]}
+    for mode in ("local", "remote"):  # CUDA graphs: per-step medians of each run, then the median run
+        splits = [r.decode_split for r in results[mode] if r.decode_split]
+        if splits:
+            out[f"decode_{mode}_split_ms"] = {k: med([sp[k] for sp in splits]) if not isinstance(splits[0][k], list)
+                                              else [med(x) for x in zip(*(sp[k] for sp in splits))] for k in splits[0]}
+    graph_split = out.get("decode_remote_split_ms")
+    if graph_split:  # under CUDA graphs the GPU's own gaps before the Engram layers' pieces are the wait
+        out["decode_exposed_wait_share"] = graph_split["exposed_wait_ms"] / graph_split["step_ms"]
+    out["decode_step_ms"] = {mode: 1e3 * med([r.decode_s for r in results[mode]]) / max(1, cfg.workload.decode_steps)
+                             for mode in ("local", "remote")}
+    out["decode_roofline_ms"] = decode_roofline_ms(local, results["local"][0].prefill_tokens, cfg, dtype)
+    if device.type == "cuda":  # the caching allocator's retries (each frees every cached block, a sync)
+        out["cuda_alloc_retries"] = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
     out["device_cache_hit_rate"] = device_stats.hit_rate
     out["host_cache_hit_rate"] = host_stats.hit_rate if host_stats else None
     out["rows_from_host_mirror"] = mirrored[2]
     out["rows_from_store"] = (sum(prefetcher.rows_below_device.values()) - mirrored[2]
                               - (host_stats.hits if host_stats else 0))
     return out
+
+
+def decode_roofline_ms(model, prompt_tokens: int, cfg: ComparisonConfig, dtype, bandwidth_tbs: float = 4.0) -> float:
+    """The memory floor of the mean decode step, ms: the weights it reads (every parameter but the
+    token and position embeddings, which it gathers a row of) plus the KV cache at the sequences'
+    actual lengths (prompt + the step's position), at bandwidth_tbs."""
+    size = torch.finfo(dtype).bits // 8
+    weights = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(("embed.", "pos."))) * size
+    steps, seqs, b = cfg.workload.decode_steps, cfg.workload.sequences, model.cfg
+    mean_context = prompt_tokens / seqs + (steps + 1) / 2          # keys per sequence, mean over the steps
+    kv = seqs * mean_context * b.num_layers * 2 * b.hidden_size * size
+    return (weights + kv) / (bandwidth_tbs * 1e12) * 1e3
 
 
 def report(out: dict) -> str:
@@ -242,6 +270,20 @@ def report(out: dict) -> str:
               f"machine's speed drifting: prefill {out['prefill_ratio_remote_to_local']:.3f}, decode "
               f"{out['decode_ratio_remote_to_local']:.3f}. Exposed wait: the share of the remote run's time spent "
               "waiting for rows that the layers before each Engram layer could not hide.)"]
+    pairs = {phase: out.get(f"{phase}_pair_ratios", []) for phase in ("prefill", "decode")}
+    if pairs["decode"]:
+        lines.append("pair ratios: " + "; ".join(f"{phase} {min(r):.3f}-{max(r):.3f}" for phase, r in pairs.items()))
+    step = out.get("decode_step_ms")
+    if step:
+        lines.append(f"decode step: local {step['local']:.2f} ms, remote {step['remote']:.2f} ms; memory roofline "
+                     f"{out['decode_roofline_ms']:.2f} ms (weights + KV read at 4.0 TB/s): local at "
+                     f"{step['local'] / out['decode_roofline_ms']:.2f}x")
+    split = out.get("decode_remote_split_ms")
+    if split:
+        lines.append(f"remote decode step (CUDA graphs, GPU time): pieces {', '.join(f'{x:.2f}' for x in split['pieces_ms'])} "
+                     f"ms, waits before the Engram layers {', '.join(f'{x:.3f}' for x in split['gaps_ms'])} ms; host "
+                     f"(tokens wait, hash, then per layer index / read below / copy up) "
+                     f"{', '.join(f'{x:.2f}' for x in split.get('host_ms', []))} ms")
     host = f"{out['host_cache_hit_rate']:.1%}" if out["host_cache_hit_rate"] is not None else "-"
     lines += ["", f"hit rates: device cache {out['device_cache_hit_rate']:.1%}, host cache {host}; "
                   f"{out.get('rows_from_host_mirror', 0):,} rows read from the host mirror, "

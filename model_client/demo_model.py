@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import EngramConfig
+from kernels import use_triton
 
 from .engram import Engram
 
@@ -43,6 +44,17 @@ class BackboneConfig:
         return self.num_layers * block + 2 * self.vocab_size * d + self.max_positions * d
 
 
+def decode_attention_reference(q, k_cache, v_cache, seq_lens):
+    """q [B, H, hd] attends to the first seq_lens[b] keys of k_cache, v_cache [B, H, S, hd]: float32
+    scores over every cached position, masked past each length (kernels/decode_attention.py is this
+    in one Triton kernel that reads only the keys it needs)."""
+    hd = q.shape[-1]
+    scores = torch.einsum("bhd,bhsd->bhs", q.float(), k_cache.float()) * hd ** -0.5
+    visible = torch.arange(k_cache.shape[2], device=q.device)[None, :] < seq_lens.to(q.device)[:, None]
+    scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
+    return torch.einsum("bhs,bhsd->bhd", scores.softmax(dim=-1), v_cache.float()).to(q.dtype)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: BackboneConfig, engram: Engram | None):
         super().__init__()
@@ -53,8 +65,10 @@ class Block(nn.Module):
         self.qkv, self.out = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
         self.fc1, self.fc2 = nn.Linear(d, cfg.mlp_ratio * d, bias=False), nn.Linear(cfg.mlp_ratio * d, d, bias=False)
 
-    def forward(self, x, positions, kv, engram_ids=None, conv_state=None, lengths=None, step=None):
-        """x [B, T, M, D]; positions [B, T]; kv = (k, v) caches [B, H, S, hd], written at positions."""
+    def forward(self, x, positions, kv, engram_ids=None, conv_state=None, lengths=None, step=None, keys=None):
+        """x [B, T, M, D]; positions [B, T]; kv = (k, v) caches [B, H, S, hd], written at positions.
+        keys: what the new tokens attend to, known without a device sync: an int (prefill: the cache's
+        first `keys` positions, causal by position) or int [B] (decode, T = 1: each row's own length)."""
         if self.engram is not None:
             x = x + self.engram(x, engram_ids, conv_state, lengths, step)
         h = x.mean(dim=2)
@@ -64,16 +78,15 @@ class Block(nn.Module):
         rows = torch.arange(B, device=h.device)[:, None].expand(B, T)
         k_cache[rows, :, positions] = k.transpose(1, 2)
         v_cache[rows, :, positions] = v.transpose(1, 2)
-        S = int(positions.max()) + 1
-        visible = torch.arange(S, device=h.device)[None, None, :] <= positions[:, :, None]  # causal
-        keys, values = k_cache[:, :, :S], v_cache[:, :, :S]
-        if T == 1:  # decode: plain matmuls. Measured on an H200, SDPA's fused kernels gave run-to-run
-            # different decode logits at batch 64 x 1,024 keys; two GEMMs give the same bits every run.
-            scores = (q @ keys.transpose(-1, -2)).float() * (D // self.heads) ** -0.5
-            scores = scores.masked_fill(~visible[:, None], float("-inf"))
-            a = scores.softmax(dim=-1).to(values.dtype) @ values
-        else:
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None])
+        if isinstance(keys, int):
+            visible = torch.arange(keys, device=h.device)[None, None, :] <= positions[:, :, None]  # causal
+            a = F.scaled_dot_product_attention(q, k_cache[:, :, :keys], v_cache[:, :, :keys], attn_mask=visible[:, None])
+        else:  # decode: one query per row over its own keys, in a fixed order (kernels/decode_attention.py)
+            if use_triton(q):
+                from kernels.decode_attention import decode_attention as attend
+            else:
+                attend = decode_attention_reference
+            a = attend(q[:, :, 0], k_cache, v_cache, keys)[:, :, None]
         delta = self.out(a.transpose(1, 2).reshape(B, T, D))
         delta = delta + self.fc2(F.gelu(self.fc1(self.norm2(h + delta))))
         return x + delta.unsqueeze(2)
@@ -106,14 +119,28 @@ class DemoModel(nn.Module):
                        for _ in self.blocks],
                 "conv": {i: b.engram.new_conv_state(batch, device) for i, b in enumerate(self.blocks) if b.engram}}
 
-    def forward(self, input_ids, positions, state: dict, engram_ids: dict, lengths=None, step=None):
-        """Logits [B, vocab] at each row's last valid position. engram_ids: {layer: [B, T, C]},
-        from NgramHasher.hash (local tables) or the prefetcher's `step` (remote tables), which the
-        Engram layers then read their rows from."""
+    def forward(self, input_ids, positions, state: dict, engram_ids: dict, lengths=None, step=None, keys=None):
+        """Logits [B, vocab] at each row's last valid position. engram_ids: {layer: [B, T, C]} from the
+        hasher or the step (local_step.py, step.py, staged_step.py), which the Engram layers read their
+        rows from. keys: see Block.forward (None: derived from positions, with a device sync)."""
+        if keys is None:
+            keys = positions[:, 0] + 1 if positions.shape[1] == 1 else int(positions.max()) + 1
+        x = self.embed_tokens(input_ids, positions)
+        x = self.run_blocks(x, 0, len(self.blocks), positions, state, engram_ids, lengths, step, keys)
+        return self.logits(x, lengths)
+
+    def embed_tokens(self, input_ids, positions):
         x = self.embed(input_ids) + self.pos(positions)
-        x = x.unsqueeze(2).expand(-1, -1, self.cfg.hc_mult, -1).contiguous()
-        for i, block in enumerate(self.blocks):
-            x = block(x, positions, state["kv"][i], engram_ids.get(i), state["conv"].get(i), lengths, step)
+        return x.unsqueeze(2).expand(-1, -1, self.cfg.hc_mult, -1).contiguous()
+
+    def run_blocks(self, x, first: int, stop: int, positions, state, engram_ids, lengths, step, keys):
+        """Blocks [first, stop): a decode step's CUDA graphs split the forward pass at Engram layers."""
+        for i in range(first, stop):
+            x = self.blocks[i](x, positions, state["kv"][i], engram_ids.get(i), state["conv"].get(i), lengths,
+                               step, keys)
+        return x
+
+    def logits(self, x, lengths=None):
         last = (lengths - 1) if lengths is not None else torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
         h = x.mean(dim=2)[torch.arange(x.shape[0], device=x.device), last.long()]
         return self.head(self.norm(h))

@@ -80,10 +80,17 @@ class Prefetcher:
             self.lookahead.forget()  # announced for the old rows' ticks: harmless, but stale
             self.switches.append((table, pinned, manifest.version))
 
+    def maybe_refresh(self) -> bool:
+        """At a step boundary, at most every version_check_s: switch to new versions; True if any."""
+        if time.monotonic() - self._checked_at < self.version_check_s:
+            return False
+        before = len(self.switches)
+        self.refresh_versions()
+        return len(self.switches) > before
+
     def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None) -> "Step":
         """Hash, probe and launch the fetches of one forward pass; the step becomes `current`."""
-        if time.monotonic() - self._checked_at >= self.version_check_s:
-            self.refresh_versions()
+        self.maybe_refresh()
         hash_ids, row_ids = self.hasher.hash_and_rows(input_ids.to(self.device), state, lengths)
         self.current = Step(self, hash_ids, row_ids)
         return self.current

@@ -58,7 +58,8 @@ class CacheStats:
 
 class RowCache:
     def __init__(self, capacity_bytes: int, row_bytes: int, device="cpu", policy: str = "lru",
-                 ways: int = 16, decay_every: int = 1024, pin_memory: bool = False, kernels: bool = True):
+                 ways: int = 16, decay_every: int = 1024, pin_memory: bool = False, kernels: bool = True,
+                 rows: bool = True):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
         if row_bytes < 1 or ways < 1 or decay_every < 1:
@@ -75,7 +76,9 @@ class RowCache:
         # One extra slot at index n takes the writes of rows that are not inserted, so no operation
         # has to compact a batch by a mask: on a GPU that would stall the CPU on every call.
         self.trash = n
-        self.data = torch.empty(n + 1, row_bytes, dtype=torch.uint8, device=self.device,
+        # rows=False: an index alone (tags and policy state), whose rows live elsewhere: a graph-captured
+        # decode keeps the device cache's index on the host (staged_step.py) and writes rows on the GPU
+        self.data = torch.empty(n + 1 if rows else 0, row_bytes, dtype=torch.uint8, device=self.device,
                                 pin_memory=pin_memory and self.device.type == "cpu" and torch.cuda.is_available())
         self.tags = torch.full((n + 1,), -1, dtype=torch.int64, device=self.device)
         self.stamp = torch.zeros(n + 1, dtype=torch.int64, device=self.device)
@@ -136,8 +139,9 @@ class RowCache:
                next_use: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Insert distinct missing ids [N] with their rows [N, row_bytes] (after `lookup` of the same
         batch). Returns (inserted bool [N], slot int64 [N], `trash` where not inserted); ids not
-        inserted were bypassed."""
-        ids, rows = ids.to(self.device), rows.to(self.device, non_blocking=True)
+        inserted were bypassed. rows None: only choose the slots (an index whose caller writes the rows)."""
+        ids = ids.to(self.device)
+        rows = None if rows is None else rows.to(self.device, non_blocking=True)
         n = len(ids)
         if n == 0:
             return torch.zeros(0, dtype=torch.bool, device=self.device), torch.zeros(0, dtype=torch.int64, device=self.device)
@@ -158,7 +162,8 @@ class RowCache:
         target = torch.where(ok, chosen, self.trash)
         self._counts[3] += ((self.tags[chosen] >= 0) & ok).sum()
         self.tags.index_copy_(0, target, ids[order])   # index_* ops: the fast paths on CPU and GPU
-        self.data.index_copy_(0, target, rows[order])
+        if rows is not None:
+            self.data.index_copy_(0, target, rows[order])
         self.stamp.index_fill_(0, target, self.tick)
         self.uses.index_fill_(0, target, 1)
         if next_use is None:
@@ -226,6 +231,15 @@ class RowCache:
         valid = (current > self.tick) & (current < when)
         self.next_use.index_copy_(0, slot, torch.where(valid, current, when))
         self.next_use[self.trash] = NO_USE
+
+    def load_index(self, other: "RowCache") -> None:
+        """Take over another cache's index of the same geometry (tags, policy state, tick, counters):
+        the device cache's index moves to the host for graph-captured decode, and back after."""
+        if (other.num_sets, other.ways, other.policy) != (self.num_sets, self.ways, self.policy):
+            raise ValueError("load_index needs a cache of the same sets, ways and policy")
+        for name in ("tags", "stamp", "uses", "pins", "next_use", "_counts"):
+            getattr(self, name).copy_(getattr(other, name))
+        self.tick = other.tick
 
     def clear(self) -> None:
         """Forget every row (a new table version is published); counters keep counting."""

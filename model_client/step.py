@@ -63,6 +63,7 @@ class LayerPlan:
 class Step:
     def __init__(self, prefetcher: "Prefetcher", hash_ids: torch.Tensor, row_ids: torch.Tensor):
         self.p, self.hash_stack, self.row_stack = prefetcher, hash_ids, row_ids
+        self.hash = {layer: hash_ids[i] for i, layer in enumerate(prefetcher.layers)}  # one view per layer
         self.plans: dict[int, LayerPlan] = {}   # CPU: probed at entry; CUDA: on the fetch thread
         self.futures, self.direct = {}, {}
         mirror = prefetcher.tiers.host_mirror
@@ -137,7 +138,7 @@ class Step:
 
     def hash_ids(self, layer: int) -> torch.Tensor:
         """Per-sub-table indices [B, T, columns] of one layer: the Engram module's input."""
-        return self.hash_stack[self.p.layers.index(layer)]
+        return self.hash[layer]
 
     def row_ids(self, layer: int) -> torch.Tensor:
         return self.row_stack[self.p.layers.index(layer)]

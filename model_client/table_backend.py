@@ -67,9 +67,15 @@ class LocalTableBackend(nn.Module):
         self.rows = encoded.to(self.rows.device)
 
     def lookup(self, row_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of caller-supplied ids, range-checked (two device syncs on a GPU)."""
         flat = row_ids.reshape(-1).to(self.rows.device)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_rows):
             bad = flat[(flat < 0) | (flat >= self.num_rows)][0]
             raise BadRowIds(f"row id {int(bad)} is outside this table's rows [0, {self.num_rows})")
-        gathered = self.rows.index_select(0, flat)
+        return self.gather(row_ids, dtype)
+
+    def gather(self, row_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of ids the hasher made (each a sub-table index mod its prime + the sub-table's offset,
+        so inside the table by construction): no check, no sync (local_step.py)."""
+        gathered = self.rows.index_select(0, row_ids.reshape(-1).to(self.rows.device))
         return self.row_format.decode_torch(gathered, dtype).reshape(*row_ids.shape, -1)

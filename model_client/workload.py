@@ -1,9 +1,10 @@
 """The serving workload: real text prompts of varied lengths, one prefill, then greedy decode steps.
 
 A Runner drives a DemoModel over it in one of two modes: local tables (the model's Engram layers
-hold their tables; hashing happens at forward entry all the same) or remote tables (the prefetcher
-hashes, probes the caches and launches the fetches at forward entry). Both modes do the same work
-apart from where rows come from, so their tokens/s compare the data path alone.
+hold their tables; the hasher runs at forward entry all the same) or remote tables (the prefetcher
+hashes, probes the caches and launches the fetches at forward entry). Prefill runs eagerly; decode
+runs as CUDA graphs on a GPU (decode_graph.py), eagerly elsewhere. Both modes do the same work apart
+from where rows come from, so their tokens/s compare the data path alone.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import torch
 
 from core.corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
 
+from .decode_graph import DecodeGraph
 from .hasher import LookbackState, NgramHasher
+from .local_step import LocalStep
 
 
 @dataclass
@@ -57,6 +60,7 @@ class RunResult:
     decode_tokens: int
     logits: list = field(repr=False)      # prefill logits, then one per decode step
     tokens: torch.Tensor = field(repr=False)  # greedy tokens [B, decode_steps]
+    decode_split: dict = field(default_factory=dict)  # CUDA graphs: medians per step, ms (DecodeGraph.timings)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -68,24 +72,50 @@ class RunResult:
 
 
 class Runner:
-    def __init__(self, model, hasher: NgramHasher, prefetcher=None, pad_id: int = 2):
+    def __init__(self, model, hasher: NgramHasher, prefetcher=None, pad_id: int = 2, states: dict | None = None,
+                 decode_graph: bool | None = None):
+        """states: {rows: (model state, lookback)}, reused every run (a decode graph reads them by
+        address); runners that alternate may share one dict (the KV caches of 512 sequences of a 1.3B
+        model take ~70 GB). decode_graph: decode through DecodeGraph (default: on CUDA, where it is
+        captured; True on CPU runs its pieces eagerly)."""
         self.model, self.hasher, self.prefetcher, self.pad_id = model, hasher, prefetcher, pad_id
         self.device = model.head.weight.device
+        self.layers = list(hasher.config.layer_ids)
+        self.backends = {layer: model.blocks[layer].engram.multi_head_embedding.embedding for layer in self.layers}
+        self.states = {} if states is None else states
+        self.decode_graph = self.device.type == "cuda" if decode_graph is None else decode_graph
+        self.decoders: dict[int, DecodeGraph] = {}
 
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _forward(self, ids, positions, state, lookback, lengths=None):
-        """Forward entry: hash every Engram layer (local tables) or start the prefetch (remote: the
-        Engram layers read their rows from the step), then the forward pass."""
+    def _forward(self, ids, positions, state, lookback, lengths=None, keys=None):
+        """Forward entry: hash every Engram layer once (local tables: LocalStep; remote: the
+        prefetcher's Step, which also starts the fetches); the Engram layers read their rows from it."""
         if self.prefetcher is not None:
             step = self.prefetcher.start(ids, lookback, lengths)
-            engram_ids = {layer: step.hash_ids(layer) for layer in self.prefetcher.layers}
         else:
-            step, stacked = None, self.hasher.hash_stacked(ids, lookback, lengths)
-            engram_ids = {layer: stacked[i] for i, layer in enumerate(self.hasher.config.layer_ids)}
-        return self.model(ids, positions, state, engram_ids, lengths, step)
+            step = LocalStep(self.layers, *self.hasher.hash_and_rows(ids, lookback, lengths), self.backends)
+        engram_ids = {layer: step.hash_ids(layer) for layer in self.layers}
+        return self.model(ids, positions, state, engram_ids, lengths, step, keys)
+
+    def _state(self, rows: int, decode_steps: int):
+        """The state for `rows` sequences (and its decode graph, captured before the state is reset)."""
+        if rows not in self.states:
+            self.states[rows] = (self.model.new_state(rows), self.hasher.new_state(rows, device=self.device))
+        state, lookback = self.states[rows]
+        decoder = None
+        if self.decode_graph and decode_steps:
+            decoder = self.decoders.get(rows)
+            if decoder is None:
+                decoder = self.decoders[rows] = DecodeGraph(self.model, self.hasher, state, lookback, rows,
+                                                            self.prefetcher)
+                decoder.capture()
+        for conv in state["conv"].values():
+            conv.zero_()
+        lookback.reset(slice(None), self.hasher.pad_id)
+        return state, lookback, decoder
 
     @torch.no_grad()
     def run(self, prompts: list[np.ndarray], decode_steps: int, prefill_batch: int = 0) -> RunResult:
@@ -97,8 +127,8 @@ class Runner:
             ids[b, :len(p)] = p
         ids = torch.from_numpy(ids).to(self.device)
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
-        state = self.model.new_state(B)
-        lookback = self.hasher.new_state(B, device=self.device)
+        rows = 1 << (B - 1).bit_length() if self.decode_graph else B  # a graph per power-of-two bucket
+        state, lookback, decoder = self._state(rows, decode_steps)
         group = prefill_batch or B
         logits = []
         self._sync()
@@ -106,28 +136,38 @@ class Runner:
         if self.prefetcher is not None:  # the prompts are admitted: tell the cache what is coming
             self.prefetcher.announce([ids[g:g + group, :int(lengths[g:g + group].max())] for g in range(0, B, group)])
         for g in range(0, B, group):  # each group writes its rows of the shared caches and states
-            rows = slice(g, g + group)
-            n = lengths[rows]
+            part_rows = slice(g, min(g + group, B))
+            n = lengths[part_rows]
             width = int(n.max())
-            part = ids[rows, :width]
+            part = ids[part_rows, :width]
             positions = torch.arange(width, device=self.device).expand(len(n), width)
-            sub = {"kv": [(k[rows], v[rows]) for k, v in state["kv"]],
-                   "conv": {i: c[rows] for i, c in state["conv"].items()}}
-            sub_lookback = LookbackState(lookback.ids[rows])
-            logits.append(self._forward(part, positions, sub, sub_lookback, n))
+            sub = {"kv": [(k[part_rows], v[part_rows]) for k, v in state["kv"]],
+                   "conv": {i: c[part_rows] for i, c in state["conv"].items()}}
+            sub_lookback = LookbackState(lookback.ids[part_rows])
+            logits.append(self._forward(part, positions, sub, sub_lookback, n, keys=width))
         logits = [torch.cat(logits)]
         self._sync()
         prefill_s = time.perf_counter() - t0
         tokens, pos = [], lengths.clone()
         vocab = self.hasher.tokenizer.vocab_size  # the model's head is wider than the tokenizer
         t0 = time.perf_counter()
-        for _ in range(decode_steps):
-            nxt = logits[-1][:, :vocab].argmax(dim=-1)
-            tokens.append(nxt)
-            step_ids = nxt[:, None]
-            logits.append(self._forward(step_ids, pos[:, None], state, lookback))
-            pos += 1
+        nxt = logits[-1][:, :vocab].argmax(dim=-1)
+        if decoder is not None:
+            decoder.begin(nxt, pos)
+            for _ in range(decode_steps):
+                tokens.append(nxt)
+                decoder.step()
+                logits.append(decoder.logits[:B].clone())
+                nxt = decoder.tokens[:B, 0].clone()
+            decoder.end()
+        else:
+            for _ in range(decode_steps):
+                tokens.append(nxt)
+                logits.append(self._forward(nxt[:, None], pos[:, None], state, lookback))
+                pos += 1
+                nxt = logits[-1][:, :vocab].argmax(dim=-1)
         self._sync()
         decode_s = time.perf_counter() - t0
         return RunResult(prefill_s, decode_s, int(lengths.sum()), B * decode_steps, logits,
-                         torch.stack(tokens, 1) if tokens else torch.empty(B, 0))
+                         torch.stack(tokens, 1) if tokens else torch.empty(B, 0),
+                         decoder.timings() if decoder is not None and decoder.graphs else {})
