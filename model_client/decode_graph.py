@@ -7,11 +7,14 @@ graph), the KV caches and conv states (the Runner's, reused every run), the look
 
   local tables   one graph for the whole step: embed, hash on the device (no range check: the ids
                  are the hasher's, local_step.py), the blocks, the head, argmax.
-  remote tables  one graph per piece, cut at each Engram layer: [0, e1), [e1, e2), ..., [ek, end).
+  remote tables  the graph hashes on the device too; layers whose table is in the host mirror read
+                 it over PCIe inside the graph (staged_step.py). The other layers are planned on
+                 the host, so the step is cut before each of them: pieces [0, c1), [c1, c2), ...
                  Piece 0 is launched first; then the host waits for the previous step's tokens
                  (copied back right after its argmax), hashes them on numpy and, layer by layer,
-                 stages the rows (staged_step.py) and launches the piece that starts at that layer.
-                 The GPU runs piece 0 meanwhile and waits only where an Engram layer needs its rows.
+                 stages the rows and launches the piece that starts at that layer. The GPU runs
+                 piece 0 meanwhile and waits only where such a layer needs its rows. With every
+                 table mirrored the step is one graph and the host never waits.
 
 Without CUDA (or graphs=False) the same pieces run eagerly in the same order: the logic the CI tests.
 Timing per step (CUDA events): each piece's GPU time, and the gaps before pieces 1.. (the exposed wait).
@@ -44,7 +47,7 @@ class DecodeGraph:
             self.backends = {layer: model.blocks[layer].engram.multi_head_embedding.embedding for layer in self.layers}
         else:
             self.prefetcher, self.staged = prefetcher, StagedStep(prefetcher, batch)
-            cuts = sorted(self.layers)
+            cuts = self.staged.cached   # a piece ends before each layer the host plans
             self.bounds = list(zip([0, *cuts], [*cuts, blocks]))
             self.tokens_host = torch.zeros(batch, 1, dtype=torch.int64, pin_memory=self.device.type == "cuda")
             self.tokens_ready = torch.cuda.Event() if self.device.type == "cuda" else None
@@ -58,10 +61,11 @@ class DecodeGraph:
         if k == 0:
             self.keys = self.positions[:, 0] + 1   # each row attends to its own length
             self.x = self.model.embed_tokens(self.tokens, self.positions)
+            hash_ids, row_ids = self.hasher.hash_and_rows(self.tokens, self.lookback, validate=False)
             if self.staged is None:
-                hash_ids, row_ids = self.hasher.hash_and_rows(self.tokens, self.lookback, validate=False)
                 self.rows_step = LocalStep(self.layers, hash_ids, row_ids, self.backends)
-            else:
+            else:  # the mirrored layers read with these ids; the host hashes the others itself
+                self.staged.set_device_hash(hash_ids, row_ids)
                 self.rows_step = self.staged
             self.engram_ids = {layer: self.rows_step.hash_ids(layer) for layer in self.layers}
         self.x = self.model.run_blocks(self.x, first, stop, self.positions, self.state, self.engram_ids, None,
@@ -71,15 +75,16 @@ class DecodeGraph:
             self.tokens.copy_(self.logits[:, :self.vocab].argmax(dim=-1, keepdim=True))
             self.positions.add_(1)
 
-    def capture(self) -> None:
+    def capture(self, warm_up: bool = True) -> None:
         """Warm up (kernel compilation, cuBLAS handles) and capture. The warm-up runs a step on the
-        buffers as they are, so capture before the run's state is set (Runner.run does)."""
+        buffers as they are, so capture before the run's state is set (Runner.run does); a capture
+        again (a mirrored table moved) needs no warm-up and changes nothing."""
         if not self.graphs or self.pieces:
             return
         main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            for k in range(len(self.bounds)):
+            for k in range(len(self.bounds) if warm_up else 0):
                 self._piece(k)
         main.wait_stream(side)
         pool = None   # the pieces share one memory pool: they are captured and replayed in the same order
@@ -109,9 +114,15 @@ class DecodeGraph:
             self.host_lookback = LookbackState(self.lookback.ids.cpu().numpy().copy())
             self.tokens_host.copy_(self.tokens)
             self.staged.begin()
+            # the host index's CPU ops on one thread: 16 intra-op threads beside the service's processes
+            # made them slower, not faster (issue 16's notes)
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(1)
 
     def step(self) -> None:
         """One decode step; its logits and next tokens are in self.logits and self.tokens."""
+        if self.staged is not None:
+            self._step_boundary()
         timed = self.graphs
         events = [_event() for _ in range(2 * len(self.bounds))] if timed else []
         if timed:
@@ -119,12 +130,27 @@ class DecodeGraph:
         self._launch(0)
         if timed:
             events[1].record()
-        if self.staged is not None:
+        if self.staged is not None and self.staged.cached:
             self._stage_and_launch(events)
-        else:
-            for k in range(1, len(self.bounds)):
-                self._launch(k)
         self.events.append(events)
+
+    def _step_boundary(self) -> None:
+        """New table versions, at most every version_check_s: the GPU is drained first (the old rows
+        may still be read), and a mirrored table copied anew is captured again at its new address."""
+        p, staged = self.prefetcher, self.staged
+        for layer in self.layers:
+            if staged.direct[layer]:
+                p.rows_below_device[layer] += staged.n
+        if not p.refresh_due():
+            return
+        if self.graphs:
+            torch.cuda.synchronize(self.device)
+        if p.maybe_refresh():
+            for layer in self.layers:
+                staged.forget(layer)
+            if self.graphs and staged.mirror_moved():
+                self.pieces = []
+                self.capture(warm_up=False)
 
     def _stage_and_launch(self, events: list) -> None:
         t0 = time.perf_counter()
@@ -139,7 +165,7 @@ class DecodeGraph:
         t0 = time.perf_counter()
         hash_ids, row_ids = self.hasher.hash_and_rows(ids, self.host_lookback, validate=False)
         host.append(time.perf_counter() - t0)
-        for k, layer in enumerate(sorted(self.layers), start=1):
+        for k, layer in enumerate(self.staged.cached, start=1):
             i = self.layers.index(layer)
             host += self.staged.plan(i, layer, np.ascontiguousarray(row_ids[i]), np.ascontiguousarray(hash_ids[i]))
             if events:
@@ -159,7 +185,7 @@ class DecodeGraph:
             if self.tokens_ready is not None:
                 self.tokens_ready.synchronize()
             self.staged.end()
-            self.lookback.ids.copy_(torch.from_numpy(self.host_lookback.ids))
+            torch.set_num_threads(self._threads)
 
     def timings(self) -> dict:
         """Medians over the run's steps, ms: step (first launch to last end), pieces' GPU time, gaps."""

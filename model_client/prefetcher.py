@@ -80,9 +80,12 @@ class Prefetcher:
             self.lookahead.forget()  # announced for the old rows' ticks: harmless, but stale
             self.switches.append((table, pinned, manifest.version))
 
+    def refresh_due(self) -> bool:
+        return time.monotonic() - self._checked_at >= self.version_check_s
+
     def maybe_refresh(self) -> bool:
         """At a step boundary, at most every version_check_s: switch to new versions; True if any."""
-        if time.monotonic() - self._checked_at < self.version_check_s:
+        if not self.refresh_due():
             return False
         before = len(self.switches)
         self.refresh_versions()

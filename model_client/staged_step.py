@@ -1,30 +1,34 @@
-"""StagedStep: a decode step's Engram rows for a graph-captured forward pass, planned on the host.
+"""StagedStep: a decode step's Engram rows for a graph-captured forward pass.
 
 A CUDA graph replays fixed kernels on fixed buffers, so nothing inside it may depend on a value the
-host has to read first. The decode step splits the work where the data is:
+host has to read first. Each Engram layer's rows come one of two ways:
 
-  host (per step, per Engram layer, in layer order, while the GPU runs the blocks before it):
-      the step's tokens (copied back after sampling) -> NgramHasher on numpy -> row ids [B * C];
-      host-mirrored layer: every row from the mirror into pinned staging (no cache: as Step's
-      direct read); other layers: dedup, then probe the device cache's *index*, which lives on the
-      host during decode (a RowCache holding no rows), read the misses from the tiers below into
-      pinned staging, choose their victims; then copy the plan up on a copy stream:
+  host-mirrored layer (its whole table in pinned host memory): read by the GPU itself inside the
+      graph, with the row ids the graph's own hash made: one gather kernel over PCIe (the pinned
+      table's address is valid on the device), no host work, no wait. A step whose layers are all
+      mirrored is one graph, as the local baseline's.
+  other layers: planned on the host, per step and in layer order, while the GPU runs the blocks
+      before the layer: the step's tokens (copied back after sampling) -> NgramHasher on numpy ->
+      row ids [B * C] -> dedup -> a probe of the device cache's *index*, which lives on the host
+      during decode (a RowCache holding no rows) -> the misses read from the tiers below into
+      pinned staging, their victims chosen -> the plan copied up on a copy stream:
           loc      [U]  each distinct row's cache slot, or -1 - its index in the staged rows
           inverse  [N]  each token-column's distinct row
           staged   [N, row_bytes]  the rows read below (the first M of them)
           slots    [N]  where staged row k goes in the device cache (the trash slot past M)
-  device (inside the graph, from those static buffers): write the staged rows into their slots,
-      gather every token-column's row from the cache or the staging (decoding fp8 on the way),
-      then the gate; the main stream waits for the layer's copy only where the layer starts.
+      Inside the graph, from those static buffers: the staged rows written into their slots, every
+      token-column's row gathered from the cache or the staging (fp8 decoded on the way); the main
+      stream waits for the layer's copy only where the layer starts.
 
-The index makes the same decisions as the device cache's own probe and insert (it is a RowCache:
-the same code, on CPU tensors), so hit rates and rows equal the eager path's. `begin` takes the
-index over from the device cache and `end` hands it back, so prefill (eager, on the device) and
-decode share one cache.
+The index makes the same decisions as the device cache's own probe and insert (it is a RowCache,
+the same code on CPU tensors), so hit rates and rows equal the eager path's. `begin` takes the index
+over from the device cache and `end` hands it back, so prefill (eager, on the device) and decode
+share one cache.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import numpy as np
@@ -32,8 +36,12 @@ import torch
 
 from kernels import use_triton
 
+from core.row_format import RowFormat
+
 from .row_cache import RowCache
 from .tier import fetch
+
+logger = logging.getLogger("engram_memory")
 
 
 class StagedStep:
@@ -42,8 +50,13 @@ class StagedStep:
         self.layers, self.device = p.layers, p.device
         cols = p.hasher.config.num_columns
         self.n = n = batch * cols                      # token-columns per layer and step (T = 1)
-        mirror = p.tiers.host_mirror
-        self.direct = {layer: mirror is not None and mirror.holds(p.tables[layer]) for layer in self.layers}
+        mirror = self.mirror = p.tiers.host_mirror
+        row_format = RowFormat(p.hasher.config.row_dtype, p.hasher.config.head_dim)
+        self.direct = {layer: mirror is not None and mirror.holds(p.tables[layer])
+                       and _readable(mirror.data[p.tables[layer]], row_format, self.device) for layer in self.layers}
+        self.cached = [layer for layer in sorted(self.layers) if not self.direct[layer]]  # planned on the host
+        self.arange = torch.arange(n, device=self.device)
+        self.mirror_ptrs = self._mirror_ptrs()
         cuda = self.device.type == "cuda"
         pinned = dict(pin_memory=cuda)
         dev = dict(device=self.device)
@@ -52,7 +65,7 @@ class StagedStep:
         self.hash_host = torch.zeros(L, batch, 1, cols, dtype=torch.int64, **pinned)
         self.hash = {layer: self.hash_stack[i] for i, layer in enumerate(self.layers)}  # one view per layer
         self.buffers, self.host, self.index = {}, {}, {}
-        for layer in self.layers:
+        for layer in self.cached:
             rb = p.row_bytes[p.tables[layer]]
             cache = p.tiers.device_cache.caches[p.tables[layer]]
             # before the first plan: gathers read slot 0 and writes go to the trash slot (harmless)
@@ -61,22 +74,17 @@ class StagedStep:
                                    "staged": torch.zeros(n, rb, dtype=torch.uint8, **dev),
                                    "slots": torch.full((n,), cache.trash, dtype=torch.int64, **dev)}
             self.host[layer] = {k: torch.empty_like(v, device="cpu", **pinned) for k, v in self.buffers[layer].items()}
-            if self.direct[layer]:  # every token-column reads its own staged row
-                for where in (self.buffers[layer], self.host[layer]):
-                    where["loc"].copy_(-1 - torch.arange(n))
-                    where["inverse"].copy_(torch.arange(n))
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self.copied = {layer: torch.cuda.Event() if cuda else None for layer in self.layers}
 
     # ---- host side ------------------------------------------------------------------------------------
     def begin(self) -> None:
         """Take over the device caches' index (one copy down per table) for a run of decode steps."""
-        for layer in self.layers:
+        for layer in self.cached:
             cache = self._cache(layer)
-            if not self.direct[layer]:
-                self.index[layer] = RowCache(cache.capacity_bytes, cache.row_bytes, "cpu", cache.policy,
-                                             cache.ways, cache.decay_every, kernels=False, rows=False)
-                self.index[layer].load_index(cache)
+            self.index[layer] = RowCache(cache.capacity_bytes, cache.row_bytes, "cpu", cache.policy,
+                                         cache.ways, cache.decay_every, kernels=False, rows=False)
+            self.index[layer].load_index(cache)
 
     def end(self) -> None:
         """Hand the index back to the device caches (after the last step's rows were written)."""
@@ -98,28 +106,22 @@ class StagedStep:
         version = p.tiers.versions[table]
         ids = torch.from_numpy(row_ids.reshape(-1))
         self.hash_host[i].copy_(torch.from_numpy(hash_ids))
-        if self.direct[layer]:
-            t1 = time.perf_counter()
-            p.tiers.host_mirror.get_many(table, ids, host["staged"], version)
-            m = u = self.n
-            t2 = time.perf_counter()
-        else:
-            index = self.index[layer]
-            unique, inverse = torch.unique(ids, return_inverse=True)
-            hit, slot = index.lookup(unique, pin=True)
-            miss_at = (~hit).nonzero().squeeze(1)
-            miss = unique[miss_at]
-            u, m = len(unique), len(miss)
-            t1 = time.perf_counter()
-            fetch(table, miss, host["staged"][:m], p.tiers.below_device(), version)
-            t2 = time.perf_counter()
-            _, slots = index.insert(miss, None)
-            index.release(slot)
-            slot[miss_at] = -1 - torch.arange(m)
-            host["loc"][:u] = slot
-            host["inverse"].copy_(inverse)
-            host["slots"][:m] = slots
-            host["slots"][m:] = index.trash
+        index = self.index[layer]
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        hit, slot = index.lookup(unique, pin=True)
+        miss_at = (~hit).nonzero().squeeze(1)
+        miss = unique[miss_at]
+        u, m = len(unique), len(miss)
+        t1 = time.perf_counter()
+        fetch(table, miss, host["staged"][:m], p.tiers.below_device(), version)
+        t2 = time.perf_counter()
+        _, slots = index.insert(miss, None)
+        index.release(slot)
+        slot[miss_at] = -1 - torch.arange(m)
+        host["loc"][:u] = slot
+        host["inverse"].copy_(inverse)
+        host["slots"][:m] = slots
+        host["slots"][m:] = index.trash
         p.rows_below_device[layer] += m
         t3 = time.perf_counter()
         self._copy_up(i, layer, u, m)
@@ -132,10 +134,9 @@ class StagedStep:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             self.hash_stack[i].copy_(self.hash_host[i], non_blocking=True)
             dev["staged"][:m].copy_(host["staged"][:m], non_blocking=True)
-            if not self.direct[layer]:
-                dev["loc"][:u].copy_(host["loc"][:u], non_blocking=True)
-                dev["inverse"].copy_(host["inverse"], non_blocking=True)
-                dev["slots"].copy_(host["slots"], non_blocking=True)
+            dev["loc"][:u].copy_(host["loc"][:u], non_blocking=True)
+            dev["inverse"].copy_(host["inverse"], non_blocking=True)
+            dev["slots"].copy_(host["slots"], non_blocking=True)
         if stream is not None:
             self.copied[layer].record(stream)
             torch.cuda.current_stream(self.device).wait_event(self.copied[layer])
@@ -143,18 +144,37 @@ class StagedStep:
     def _cache(self, layer: int) -> RowCache:
         return self.p.tiers.device_cache.caches[self.p.tables[layer]]
 
+    def _mirror_ptrs(self) -> dict:
+        return {layer: self.mirror.data[self.p.tables[layer]].data_ptr() for layer in self.layers if self.direct[layer]}
+
+    def mirror_moved(self) -> bool:
+        """A mirrored table was copied anew (a new version): the graph holds the old address."""
+        return self._mirror_ptrs() != self.mirror_ptrs
+
     # ---- device side (captured) -----------------------------------------------------------------------
+    def set_device_hash(self, hash_ids: torch.Tensor, row_ids: torch.Tensor) -> None:
+        """The graph's own hash of the step's tokens (piece 0): the mirrored layers' ids."""
+        self.dev_hash = {layer: hash_ids[i] for i, layer in enumerate(self.layers)}
+        self.dev_rows = {layer: row_ids[i] for i, layer in enumerate(self.layers)}
+        self.mirror_ptrs = self._mirror_ptrs()
+
     def hash_ids(self, layer: int) -> torch.Tensor:
-        return self.hash[layer]
+        return self.dev_hash[layer] if self.direct[layer] else self.hash[layer]
 
     def embeddings(self, layer: int, hash_ids: torch.Tensor, row_format, dtype: torch.dtype) -> torch.Tensor:
         """[B, 1, C, head_dim]: the staged plan's rows, from static buffers only."""
         if hash_ids is not self.hash_ids(layer):
             raise RuntimeError(f"Engram layer {layer}: pass step.hash_ids(layer) to the layer")
-        b = self.buffers[layer]
         shape = (*hash_ids.shape, row_format.head_dim)
-        if self.direct[layer]:
-            return row_format.decode_torch(b["staged"], dtype).view(shape)
+        if self.direct[layer]:  # the GPU reads the pinned host table itself (zero-copy, over PCIe)
+            table, ids = self.mirror.data[self.p.tables[layer]], self.dev_rows[layer].reshape(-1)
+            if use_triton(ids):
+                from kernels.gather import gather_rows
+                out = gather_rows(table, table[:0], ids, self.arange, row_format.row_dtype, row_format.head_dim, dtype)
+            else:
+                out = row_format.decode_torch(table.index_select(0, ids.cpu()), dtype)
+            return out.view(shape)
+        b = self.buffers[layer]
         data = self._cache(layer).data
         data.index_copy_(0, b["slots"], b["staged"])   # the misses into their victims' slots
         if use_triton(data):
@@ -167,3 +187,19 @@ class StagedStep:
             out = row_format.decode_torch(rows, dtype)
         return out.view(shape)
 
+
+def _readable(table: torch.Tensor, row_format: RowFormat, device) -> bool:
+    """Whether the device can read a pinned host table itself: always on CPU; on CUDA, a one-row
+    gather from it (Triton takes a pinned tensor's address as a device address under unified
+    addressing). If not, the layer is planned on the host like any other: correct, slower."""
+    if device.type != "cuda" or not use_triton(torch.empty(0, device=device)):
+        return True
+    from kernels.gather import gather_rows
+    try:
+        one = torch.zeros(1, dtype=torch.int64, device=device)
+        gather_rows(table, table[:0], one, one, row_format.row_dtype, row_format.head_dim, torch.bfloat16)
+        torch.cuda.synchronize(device)
+        return True
+    except Exception as e:  # noqa: BLE001 - whatever the driver says, the host path is the answer
+        logger.warning("the GPU cannot read the pinned host mirror (%s); its layers are staged by the host", e)
+        return False
