@@ -59,9 +59,10 @@ def _typed(rows: torch.Tensor, row_dtype: str) -> torch.Tensor:
 def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tensor, inverse: torch.Tensor,
                 row_dtype: str, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
     """uint8 cache rows [S, row_bytes] and fetched rows [M, row_bytes]; loc int64 [U]; inverse int64
-    [N] -> `dtype` [N, head_dim]."""
+    [N] -> `dtype` [N, head_dim] on loc's device. The rows may live in pinned host memory, which the
+    GPU then reads over PCIe (a host mirror read inside a CUDA graph)."""
     n = inverse.numel()
-    out = torch.empty(n, head_dim, dtype=dtype, device=cache_data.device)
+    out = torch.empty(n, head_dim, dtype=dtype, device=loc.device)  # cache_data may be a pinned host table
     if n == 0:
         return out
     cache_t, fetched_t = _typed(cache_data, row_dtype), _typed(fetched, row_dtype)

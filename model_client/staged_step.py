@@ -196,10 +196,12 @@ def _readable(table: torch.Tensor, row_format: RowFormat, device) -> bool:
         return True
     from kernels.gather import gather_rows
     try:
-        one = torch.zeros(1, dtype=torch.int64, device=device)
-        gather_rows(table, table[:0], one, one, row_format.row_dtype, row_format.head_dim, torch.bfloat16)
-        torch.cuda.synchronize(device)
-        return True
+        last = torch.tensor([len(table) - 1], device=device)
+        got = gather_rows(table, table[:0], last, torch.zeros(1, dtype=torch.int64, device=device),
+                          row_format.row_dtype, row_format.head_dim, torch.float32)
+        if torch.equal(got.cpu(), row_format.decode_torch(table[-1:], torch.float32)):
+            return True
+        raise RuntimeError("a row read from the device differs from the host's")
     except Exception as e:  # noqa: BLE001 - whatever the driver says, the host path is the answer
         logger.warning("the GPU cannot read the pinned host mirror (%s); its layers are staged by the host", e)
         return False
