@@ -57,7 +57,7 @@ def _typed(rows: torch.Tensor, row_dtype: str) -> torch.Tensor:
 
 
 def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tensor, inverse: torch.Tensor,
-                row_dtype: str, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
+                row_dtype: str, head_dim: int, dtype: torch.dtype, rows_per_program: int = 0) -> torch.Tensor:
     """uint8 cache rows [S, row_bytes] and fetched rows [M, row_bytes]; loc int64 [U]; inverse int64
     [N] -> `dtype` [N, head_dim] on loc's device. The rows may live in pinned host memory, which the
     GPU then reads over PCIe (a host mirror read inside a CUDA graph)."""
@@ -68,7 +68,9 @@ def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tens
     cache_t, fetched_t = _typed(cache_data, row_dtype), _typed(fetched, row_dtype)
     if fetched_t.numel() == 0:
         fetched_t = cache_t                       # never read (no negative loc), but a valid pointer
-    block = max(16, 4096 // triton.next_power_of_2(head_dim))  # ~4k values per program
+    # ~4k values per program from HBM; reads over PCIe (a pinned host table) are latency-bound and
+    # want more programs in flight, so the caller asks for fewer rows per program
+    block = rows_per_program or max(16, 4096 // triton.next_power_of_2(head_dim))
     # bf16 output from wider values: written as rounded int16 bits (bf16 rows are copied as they are)
     bf16_bits = dtype == torch.bfloat16 and row_dtype != "bfloat16"
     _gather_kernel[(triton.cdiv(n, block),)](

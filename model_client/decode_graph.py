@@ -65,7 +65,7 @@ class DecodeGraph:
             if self.staged is None:
                 self.rows_step = LocalStep(self.layers, hash_ids, row_ids, self.backends)
             else:  # the mirrored layers read with these ids; the host hashes the others itself
-                self.staged.set_device_hash(hash_ids, row_ids)
+                self.staged.set_device_hash(hash_ids, row_ids, self.model.head.weight.dtype)
                 self.rows_step = self.staged
             self.engram_ids = {layer: self.rows_step.hash_ids(layer) for layer in self.layers}
         self.x = self.model.run_blocks(self.x, first, stop, self.positions, self.state, self.engram_ids, None,
@@ -138,9 +138,12 @@ class DecodeGraph:
         """New table versions, at most every version_check_s: the GPU is drained first (the old rows
         may still be read), and a mirrored table copied anew is captured again at its new address."""
         p, staged = self.prefetcher, self.staged
-        for layer in self.layers:
+        for layer in self.layers:  # the graph read every row of the mirrored layers from the mirror
             if staged.direct[layer]:
                 p.rows_below_device[layer] += staged.n
+                p.tiers.host_mirror.rows_served += staged.n
+                table = p.tables[layer]
+                p.tiers.host_mirror.rows_by_table[table] = p.tiers.host_mirror.rows_by_table.get(table, 0) + staged.n
         if not p.refresh_due():
             return
         if self.graphs:

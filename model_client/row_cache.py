@@ -156,9 +156,8 @@ class RowCache:
         starts[1:] = sorted_sets[1:] != sorted_sets[:-1]
         first = torch.cummax(torch.where(starts, position, 0), dim=0).values
         rank = position - first                                             # k-th miss of its set
-        victims, usable = self._victim_order(sorted_sets)                   # [N, W] best first
+        chosen, usable = self._victims(sorted_sets, rank.clamp(max=self.ways - 1))
         ok = rank < usable
-        chosen = torch.gather(victims, 1, rank.clamp(max=self.ways - 1)[:, None]).squeeze(1)
         target = torch.where(ok, chosen, self.trash)
         self._counts[3] += ((self.tags[chosen] >= 0) & ok).sum()
         self.tags.index_copy_(0, target, ids[order])   # index_* ops: the fast paths on CPU and GPU
@@ -190,8 +189,21 @@ class RowCache:
         index_select of rows (measured 3x faster on CPU than indexing slot by slot)."""
         return per_slot[:-1].view(self.num_sets, self.ways).index_select(0, sets)
 
-    def _victim_order(self, sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(slots of each set [S, W] ordered by eviction preference with pinned slots last, and the
+    def _victims(self, sets: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the rank-th best victim slot of each set [S], the number of unpinned slots of each set)."""
+        score, usable = self._victim_scores(sets)
+        if self.device.type != "cpu":
+            way = torch.gather(torch.argsort(score, dim=1), 1, rank[:, None]).squeeze(1)
+        else:  # most misses are their set's first (rank 0): an argmin; sort only the others' sets
+            # (measured on 8,192 ids: argsort of [N, 16] took 2.2 ms of a 5.5 ms probe and insert)
+            way = score.argmin(dim=1)
+            deeper = (rank > 0).nonzero().squeeze(1)
+            if len(deeper):
+                way[deeper] = torch.gather(torch.argsort(score[deeper], dim=1), 1, rank[deeper, None]).squeeze(1)
+        return sets * self.ways + way, usable
+
+    def _victim_scores(self, sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each set's ways scored [S, W], distinct, lower = evicted first, pinned slots last; and the
         number of unpinned slots of each set)."""
         pinned = self._rows_of(self.pins, sets) > 0
         if self.policy == "lru":
@@ -207,8 +219,7 @@ class RowCache:
         # way index in the low bits: scores are distinct, so a plain (faster) argsort orders them as a
         # stable one would, ties going to the lower way
         score = score * self.ways + torch.arange(self.ways, device=self.device)
-        ways = torch.argsort(score, dim=1)
-        return sets[:, None] * self.ways + ways, self.ways - pinned.sum(dim=1)
+        return score, self.ways - pinned.sum(dim=1)
 
     def gather(self, slots: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return torch.index_select(self.data, 0, slots, out=out) if out is not None else self.data[slots]

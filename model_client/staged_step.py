@@ -51,7 +51,7 @@ class StagedStep:
         cols = p.hasher.config.num_columns
         self.n = n = batch * cols                      # token-columns per layer and step (T = 1)
         mirror = self.mirror = p.tiers.host_mirror
-        row_format = RowFormat(p.hasher.config.row_dtype, p.hasher.config.head_dim)
+        row_format = self.row_format = RowFormat(p.hasher.config.row_dtype, p.hasher.config.head_dim)
         self.direct = {layer: mirror is not None and mirror.holds(p.tables[layer])
                        and _readable(mirror.data[p.tables[layer]], row_format, self.device) for layer in self.layers}
         self.cached = [layer for layer in sorted(self.layers) if not self.direct[layer]]  # planned on the host
@@ -75,6 +75,8 @@ class StagedStep:
                                    "slots": torch.full((n,), cache.trash, dtype=torch.int64, **dev)}
             self.host[layer] = {k: torch.empty_like(v, device="cpu", **pinned) for k, v in self.buffers[layer].items()}
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self.read_stream = torch.cuda.Stream(self.device) if cuda else None   # the mirror reads
+        self.read_done = torch.cuda.Event() if cuda else None
         self.copied = {layer: torch.cuda.Event() if cuda else None for layer in self.layers}
 
     # ---- host side ------------------------------------------------------------------------------------
@@ -152,11 +154,28 @@ class StagedStep:
         return self._mirror_ptrs() != self.mirror_ptrs
 
     # ---- device side (captured) -----------------------------------------------------------------------
-    def set_device_hash(self, hash_ids: torch.Tensor, row_ids: torch.Tensor) -> None:
-        """The graph's own hash of the step's tokens (piece 0): the mirrored layers' ids."""
+    def set_device_hash(self, hash_ids: torch.Tensor, row_ids: torch.Tensor, dtype: torch.dtype) -> None:
+        """The graph's own hash of the step's tokens (piece 0): the mirrored layers' ids, whose rows it
+        starts reading at once, on a second stream, while the first blocks compute (on CUDA)."""
         self.dev_hash = {layer: hash_ids[i] for i, layer in enumerate(self.layers)}
-        self.dev_rows = {layer: row_ids[i] for i, layer in enumerate(self.layers)}
         self.mirror_ptrs = self._mirror_ptrs()
+        main = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        if main is not None:
+            self.read_stream.wait_stream(main)
+        with torch.cuda.stream(self.read_stream) if main is not None else contextlib.nullcontext():
+            self.mirrored = {layer: self._read_mirror(layer, row_ids[i].reshape(-1), dtype)
+                             for i, layer in enumerate(self.layers) if self.direct[layer]}
+        if main is not None:
+            self.read_done.record(self.read_stream)
+
+    def _read_mirror(self, layer: int, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The GPU reads the pinned host table itself (zero-copy, over PCIe)."""
+        table = self.mirror.data[self.p.tables[layer]]
+        if not use_triton(ids):
+            return self.row_format.decode_torch(table.index_select(0, ids.cpu()), dtype)
+        from kernels.gather import gather_rows
+        return gather_rows(table, table[:0], ids, self.arange, self.row_format.row_dtype, self.row_format.head_dim,
+                           dtype, rows_per_program=16)
 
     def hash_ids(self, layer: int) -> torch.Tensor:
         return self.dev_hash[layer] if self.direct[layer] else self.hash[layer]
@@ -166,14 +185,10 @@ class StagedStep:
         if hash_ids is not self.hash_ids(layer):
             raise RuntimeError(f"Engram layer {layer}: pass step.hash_ids(layer) to the layer")
         shape = (*hash_ids.shape, row_format.head_dim)
-        if self.direct[layer]:  # the GPU reads the pinned host table itself (zero-copy, over PCIe)
-            table, ids = self.mirror.data[self.p.tables[layer]], self.dev_rows[layer].reshape(-1)
-            if use_triton(ids):
-                from kernels.gather import gather_rows
-                out = gather_rows(table, table[:0], ids, self.arange, row_format.row_dtype, row_format.head_dim, dtype)
-            else:
-                out = row_format.decode_torch(table.index_select(0, ids.cpu()), dtype)
-            return out.view(shape)
+        if self.direct[layer]:  # read from the mirror at the step's start (set_device_hash)
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).wait_event(self.read_done)
+            return self.mirrored[layer].view(shape)
         b = self.buffers[layer]
         data = self._cache(layer).data
         data.index_copy_(0, b["slots"], b["staged"])   # the misses into their victims' slots
