@@ -38,6 +38,7 @@ from kernels import use_triton
 
 from core.row_format import RowFormat
 
+from . import host_index
 from .row_cache import RowCache
 from .tier import fetch
 
@@ -76,7 +77,7 @@ class StagedStep:
             self.host[layer] = {k: torch.empty_like(v, device="cpu", **pinned) for k, v in self.buffers[layer].items()}
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self.read_stream = torch.cuda.Stream(self.device) if cuda else None   # the mirror reads
-        self.read_done = torch.cuda.Event() if cuda else None
+        self.read_done = {layer: torch.cuda.Event() for layer in self.layers} if cuda else {}
         self.copied = {layer: torch.cuda.Event() if cuda else None for layer in self.layers}
 
     # ---- host side ------------------------------------------------------------------------------------
@@ -110,15 +111,13 @@ class StagedStep:
         self.hash_host[i].copy_(torch.from_numpy(hash_ids))
         index = self.index[layer]
         unique, inverse = torch.unique(ids, return_inverse=True)
-        hit, slot = index.lookup(unique, pin=True)
+        hit, slot, slots = host_index.plan(index, unique)   # probe, victims of the misses, release
         miss_at = (~hit).nonzero().squeeze(1)
         miss = unique[miss_at]
         u, m = len(unique), len(miss)
         t1 = time.perf_counter()
         fetch(table, miss, host["staged"][:m], p.tiers.below_device(), version)
         t2 = time.perf_counter()
-        _, slots = index.insert(miss, None)
-        index.release(slot)
         slot[miss_at] = -1 - torch.arange(m)
         host["loc"][:u] = slot
         host["inverse"].copy_(inverse)
@@ -162,11 +161,13 @@ class StagedStep:
         main = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         if main is not None:
             self.read_stream.wait_stream(main)
-        with torch.cuda.stream(self.read_stream) if main is not None else contextlib.nullcontext():
-            self.mirrored = {layer: self._read_mirror(layer, row_ids[i].reshape(-1), dtype)
-                             for i, layer in enumerate(self.layers) if self.direct[layer]}
-        if main is not None:
-            self.read_done.record(self.read_stream)
+        self.mirrored = {}
+        for i, layer in sorted(enumerate(self.layers), key=lambda x: x[1]):  # the earliest layer's rows first
+            if self.direct[layer]:
+                with torch.cuda.stream(self.read_stream) if main is not None else contextlib.nullcontext():
+                    self.mirrored[layer] = self._read_mirror(layer, row_ids[i].reshape(-1), dtype)
+                if main is not None:  # one event per layer: a layer waits for its own rows only
+                    self.read_done[layer].record(self.read_stream)
 
     def _read_mirror(self, layer: int, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The GPU reads the pinned host table itself (zero-copy, over PCIe)."""
@@ -187,7 +188,7 @@ class StagedStep:
         shape = (*hash_ids.shape, row_format.head_dim)
         if self.direct[layer]:  # read from the mirror at the step's start (set_device_hash)
             if self.device.type == "cuda":
-                torch.cuda.current_stream(self.device).wait_event(self.read_done)
+                torch.cuda.current_stream(self.device).wait_event(self.read_done[layer])
             return self.mirrored[layer].view(shape)
         b = self.buffers[layer]
         data = self._cache(layer).data
