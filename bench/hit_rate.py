@@ -33,7 +33,7 @@ from model_client import EngramConfig, NgramHasher
 
 from .report import machine, write_rows
 
-DEFAULT_SIZES = [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.3]
+DEFAULT_SIZES = [0.01, 0.05]  # the issue-17 figures; the token mode was run at 0.1% ... 30%
 
 
 @dataclass
@@ -51,7 +51,16 @@ class HitRateConfig:
     lfu_decay_tokens: int = field(default=131_072, metadata={
         "help": "rowcache-lfu halves its counts every this many tokens (measured on Brown 400k, layer 1, "
                 "1% cache: 1,024 -> 0.184 (as LRU), 16,384 -> 0.199, 131,072 -> 0.217, never -> 0.207)"})
-    processes: int = field(default=2, metadata={"help": "(corpus, layer) jobs run in parallel"})
+    modes: list[str] = field(default_factory=lambda: ["prefill", "decode"], metadata={
+        "help": "prefill: admitted prompts prefilled in passes, announced at admission; decode: streams stepping "
+                "together, nothing announced (both as serving runs them: bench/serving_replay.py); token: the "
+                "idealized per-token replay (a sliding lookahead window, one tick per token)"})
+    group: int = field(default=64, metadata={"help": "prefill: prompts per forward pass (the paper workload's 64)"})
+    admit: int = field(default=512, metadata={"help": "prefill: prompts admitted (and announced) together"})
+    streams: int = field(default=64, metadata={"help": "decode: sequences stepping together"})
+    policies: list[str] = field(default_factory=lambda: ["lru", "lfu", "lookahead"], metadata={
+        "help": "RowCache policies of the prefill and decode modes"})
+    processes: int = field(default=2, metadata={"help": "jobs run in parallel"})
     replot: str = field(default="", metadata={
         "help": "only draw the PNGs again from this JSON of an earlier run (beside it), measuring nothing"})
     out: str = field(default="bench-out/hit_rate.json", metadata={"help": "JSON output; PNGs beside it; bench-out/ is not tracked (the committed figures are in bench/results/)"})
@@ -59,6 +68,10 @@ class HitRateConfig:
     def __post_init__(self):
         if self.tokens < 1 or self.seq_len < 1 or self.processes < 1:
             raise ValueError("HitRateConfig.tokens, seq_len and processes must be >= 1")
+        if not self.modes or not set(self.modes) <= {"prefill", "decode", "token"}:
+            raise ValueError(f"--modes must be among prefill, decode, token (got {self.modes})")
+        if min(self.group, self.admit, self.streams) < 1:
+            raise ValueError("--group, --admit and --streams must be >= 1")
         if not self.sizes or not all(0 < s <= 1 for s in self.sizes):
             raise ValueError(f"HitRateConfig.sizes must be fractions in (0, 1] (got {self.sizes})")
 
@@ -70,12 +83,13 @@ def corpus_path(name: str) -> Path:
     return path
 
 
-def traces(cfg: HitRateConfig, name: str) -> tuple[dict, int, dict]:
-    """{layer: int64 row ids in access order}, tokens used, {layer: table rows}."""
+def make_hasher(cfg: HitRateConfig) -> NgramHasher:
     config = EngramConfig.load(cfg.config)
-    if cfg.tokenizer:
-        config = config.replace(tokenizer=cfg.tokenizer)
-    hasher = NgramHasher(config)
+    return NgramHasher(config.replace(tokenizer=cfg.tokenizer) if cfg.tokenizer else config)
+
+
+def corpus_sequences(cfg: HitRateConfig, name: str, hasher: NgramHasher) -> np.ndarray:
+    """The corpus's first cfg.tokens tokens as sequences [N, seq_len] (or one row if shorter)."""
     ids, chars = np.empty(0, dtype=np.int64), 6 * cfg.tokens
     while len(ids) < cfg.tokens:
         lines = read_lines(corpus_path(name), chars)
@@ -84,7 +98,14 @@ def traces(cfg: HitRateConfig, name: str) -> tuple[dict, int, dict]:
             break  # the whole file is shorter than asked
         chars *= 2
     ids = ids[:cfg.tokens - cfg.tokens % cfg.seq_len] if len(ids) >= cfg.seq_len else ids
-    seqs = ids.reshape(-1, cfg.seq_len) if len(ids) % cfg.seq_len == 0 else ids[None]
+    return ids.reshape(-1, cfg.seq_len) if len(ids) % cfg.seq_len == 0 else ids[None]
+
+
+def traces(cfg: HitRateConfig, name: str) -> tuple[dict, int, dict]:
+    """{layer: int64 row ids in access order}, tokens used, {layer: table rows}."""
+    hasher = make_hasher(cfg)
+    config = hasher.config
+    seqs = corpus_sequences(cfg, name, hasher)
     out = {}
     for start in range(0, len(seqs), 64):  # hash in slices of 64 sequences to bound memory
         for layer, idx in hasher.hash(seqs[start:start + 64]).items():
@@ -133,42 +154,33 @@ def _job(args) -> list[dict]:
     return results
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, PercentFormatter
-    layers = sorted({r["layer"] for r in rows})
-    fig, axes = plt.subplots(1, len(layers), figsize=(6.5 * len(layers), 5.6), squeeze=False)
-    handles = {}
-    for ax, layer in zip(axes[0], layers):
-        mine = [r for r in rows if r["layer"] == layer]
-        policies = list(dict.fromkeys(r["policy"] for r in mine if r["policy"] != "infinite"))
-        colors = plt.get_cmap("tab20").colors                 # more policies than the default 10 colors
-        for i, policy in enumerate(policies):
-            pts = sorted((r["cache_fraction"], r["hit_rate"]) for r in mine if r["policy"] == policy)
-            color = "k" if policy == "belady" else colors[(2 * i) % 20 + (2 * i) // 20]
-            ls = "--" if policy.startswith("rowcache") else "-"  # the real cache dashed, the ideal solid
-            label = f"{policy}: 11x the rows (device + host)" if policy.startswith("two-tier") else policy
-            line, = ax.plot([100 * x for x, _ in pts], [100 * y for _, y in pts], ls, color=color, marker="o",
-                            ms=3, label=label)
-            handles[label] = line
-        ceiling = next(r["hit_rate"] for r in mine if r["policy"] == "infinite")
-        handles["infinite cache"] = ax.axhline(100 * ceiling, color="gray", ls=":", label="infinite cache")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
-        ax.yaxis.set_major_formatter(PercentFormatter())
-        ax.set_xlabel("cache size, % of the layer's table")
-        ax.set_ylabel("hit rate per row access")
-        ax.set_title(f"{mine[0]['corpus']}, layer {layer}, {mine[0]['tokens']:,} tokens")
-        ax.grid(alpha=0.3)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", bbox_to_anchor=(0.5, 0.045), ncol=4,
-               fontsize=7, frameon=False)
-    fig.text(0.5, 0.012, "belady: the optimum for one cache of that size; two-tier holds 11x the rows, so it "
-             "can exceed it", ha="center", fontsize=7, color="gray")
-    fig.tight_layout(rect=(0, 0.19, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _serving_job(args) -> list[dict]:
+    """One (corpus, mode, policy, size): the serving replay's counters and Belady on the same passes."""
+    from . import cache_sim
+    from .serving_replay import ServingReplay
+    cfg, name, mode, policy, frac = args
+    t0 = time.perf_counter()
+    hasher = make_hasher(cfg)
+    seqs = corpus_sequences(cfg, name, hasher)
+    replay = ServingReplay(hasher, frac, policy)  # LFU decays as the worker's cache does (every 1,024 passes)
+    if mode == "prefill":
+        replay.prefill(seqs, cfg.group, cfg.admit)
+    else:  # each stream reads on through the text: the corpus cut into `streams` contiguous parts
+        flat = seqs.reshape(-1)
+        replay.decode(flat[:len(flat) - len(flat) % cfg.streams].reshape(cfg.streams, -1))
+    rows = []
+    for layer in replay.layers:
+        result, cache = replay.result(layer), replay.cache(layer)
+        trace = np.concatenate(result.passes)
+        belady = cache_sim.opt_hits(trace, cache.capacity_rows) / len(trace)
+        rate = result.stats.hits / result.stats.lookups
+        rows.append({"corpus": Path(name).name, "mode": mode, "tokens": int(seqs.size), "layer": layer,
+                     "table_rows": hasher.geometry.rows(layer), "policy": f"rowcache-{policy}",
+                     "cache_fraction": frac, "cache_rows": cache.capacity_rows, "passes": len(result.passes),
+                     "accesses": int(len(trace)), "hit_rate": rate, "belady": belady,
+                     "share_of_belady": rate / belady if belady else None})
+    print(f"  {Path(name).name} {mode} {policy} {frac:g}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
 
 
 def default_corpora(cfg: HitRateConfig) -> HitRateConfig:
@@ -181,54 +193,60 @@ def default_corpora(cfg: HitRateConfig) -> HitRateConfig:
     return dataclasses.replace(cfg, corpora=found)
 
 
-def replot(path: str) -> int:
-    import json
-    rows = json.loads(Path(path).read_text())
-    for corpus in dict.fromkeys(r["corpus"] for r in rows):
-        png = Path(path).with_name(f"{Path(path).stem}_{Path(corpus).stem}.png")
-        plot([r for r in rows if r["corpus"] == corpus], png)
-        print(f"wrote {png}")
-    return 0
-
-
 def run(cfg: HitRateConfig) -> int:
     if cfg.replot:
+        from .hit_rate_plot import replot
         return replot(cfg.replot)
     import importlib
     for module in ("numba", "matplotlib"):  # before the pool: a missing extra is one clear line
         importlib.import_module(module)
     cfg = default_corpora(cfg)
     config = EngramConfig.load(cfg.config)
-    jobs = [(cfg, name, layer) for name in cfg.corpora for layer in config.layer_ids]
+    jobs = [(_serving_job, (cfg, name, mode, policy, frac)) for name in cfg.corpora for mode in cfg.modes
+            if mode != "token" for policy in cfg.policies for frac in cfg.sizes]
+    if "token" in cfg.modes:
+        jobs += [(_job, (cfg, name, layer)) for name in cfg.corpora for layer in config.layer_ids]
     for name in cfg.corpora:
         corpus_path(name)  # fail before the long work
-    print(f"hit-rate: {len(jobs)} (corpus, layer) jobs, {len(cfg.sizes)} sizes each ...", flush=True)
+    print(f"hit-rate: {len(jobs)} jobs ({', '.join(cfg.modes)}) ...", flush=True)
     with mp.get_context("spawn").Pool(min(cfg.processes, len(jobs))) as pool:
-        rows = [row for part in pool.map(_job, jobs) for row in part]
+        rows = [row for part in pool.map(_call, jobs) for row in part]
     info = machine()
-    rows = [{"bench": "hit_rate", **r, **info} for r in rows]
+    rows = [{"bench": "hit_rate", "mode": "token", **r, **info} for r in rows]
     out = write_rows(rows, cfg.out)
-    for name in cfg.corpora:
-        mine = [r for r in rows if r["corpus"] == Path(name).name]
-        png = out.with_name(f"hit_rate_{Path(name).stem}.png")
-        plot(mine, png)
-        print(f"wrote {png}")
+    if "token" in cfg.modes:
+        from .hit_rate_plot import plot
+        for name in cfg.corpora:
+            mine = [r for r in rows if r["corpus"] == Path(name).name and r["mode"] == "token"]
+            png = out.with_name(f"hit_rate_{Path(name).stem}.png")
+            plot(mine, png)
+            print(f"wrote {png}")
     print_summary(rows)
     print(f"wrote {out}")
     return 0
 
 
+def _call(job):
+    fn, args = job
+    return fn(args)
+
+
 def print_summary(rows: list[dict]) -> None:
     for corpus in dict.fromkeys(r["corpus"] for r in rows):
-        for layer in sorted({r["layer"] for r in rows if r["corpus"] == corpus}):
-            mine = [r for r in rows if r["corpus"] == corpus and r["layer"] == layer and r["policy"] != "infinite"]
-            sizes = sorted({r["cache_fraction"] for r in mine})
-            print(f"\n{corpus} layer {layer}: hit rate (share of Belady)")
-            print(f"{'policy':<22}" + "".join(f"{f'{100 * s:g}%':>16}" for s in sizes))
-            for policy in dict.fromkeys(r["policy"] for r in mine):
-                cells = []
-                for s in sizes:
-                    r = next(x for x in mine if x["policy"] == policy and x["cache_fraction"] == s)
-                    share = f"{r['share_of_belady']:.0%}" if r["share_of_belady"] is not None else "-"
-                    cells.append(f"{r['hit_rate']:.3f} ({share})")
-                print(f"{policy:<22}" + "".join(f"{c:>16}" for c in cells))
+        for mode in dict.fromkeys(r["mode"] for r in rows):
+            for layer in sorted({r["layer"] for r in rows if r["corpus"] == corpus and r["mode"] == mode}):
+                mine = [r for r in rows if r["corpus"] == corpus and r["layer"] == layer and r["mode"] == mode
+                        and r["policy"] != "infinite"]
+                sizes = sorted({r["cache_fraction"] for r in mine})
+                print(f"\n{corpus} {mode} layer {layer}: hit rate (share of Belady)")
+                print(f"{'policy':<22}" + "".join(f"{f'{100 * s:g}%':>16}" for s in sizes))
+                for policy in dict.fromkeys(r["policy"] for r in mine):
+                    cells = []
+                    for s in sizes:
+                        r = next(x for x in mine if x["policy"] == policy and x["cache_fraction"] == s)
+                        share = f"{r['share_of_belady']:.0%}" if r["share_of_belady"] is not None else "-"
+                        cells.append(f"{r['hit_rate']:.3f} ({share})")
+                    print(f"{policy:<22}" + "".join(f"{c:>16}" for c in cells))
+                if mode != "token":  # the optimum on the same passes
+                    print(f"{'belady':<22}" + "".join(f"{next(x['belady'] for x in mine if x['cache_fraction'] == s):>16.3f}"
+                                                    for s in sizes))

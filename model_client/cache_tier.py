@@ -13,10 +13,13 @@ from .row_cache import CacheStats, RowCache
 
 class CacheTier:
     def __init__(self, name: str, capacity_bytes: int, row_bytes: dict[str, int], versions: dict[str, int],
-                 device="cpu", policy: str = "lru", pin_memory: bool = False, ways: int = 16, kernels: bool = True):
+                 device="cpu", policy: str = "lru", pin_memory: bool = False, ways: int = 16, kernels: bool = True,
+                 rows: bool = True, decay_every: int = 1024):
+        """rows=False: indexes only (the hit-rate replay counts decisions, bench/serving_replay.py)."""
         self.name, self.device = name, torch.device(device)
         share = capacity_bytes // max(1, len(row_bytes))
-        self.caches = {table: RowCache(share, rb, device, policy, ways=ways, pin_memory=pin_memory, kernels=kernels)
+        self.caches = {table: RowCache(share, rb, device, policy, ways=ways, pin_memory=pin_memory, kernels=kernels,
+                                       rows=rows, decay_every=decay_every)
                        for table, rb in row_bytes.items()}
         self.versions = dict(versions)
 

@@ -78,6 +78,7 @@ class RowCache:
         self.trash = n
         # rows=False: an index alone (tags and policy state), whose rows live elsewhere: a graph-captured
         # decode keeps the device cache's index on the host (staged_step.py) and writes rows on the GPU
+        self.holds_rows = rows
         self.data = torch.empty(n + 1 if rows else 0, row_bytes, dtype=torch.uint8, device=self.device,
                                 pin_memory=pin_memory and self.device.type == "cpu" and torch.cuda.is_available())
         self.tags = torch.full((n + 1,), -1, dtype=torch.int64, device=self.device)
@@ -139,7 +140,8 @@ class RowCache:
                next_use: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Insert distinct missing ids [N] with their rows [N, row_bytes] (after `lookup` of the same
         batch). Returns (inserted bool [N], slot int64 [N], `trash` where not inserted); ids not
-        inserted were bypassed. rows None: only choose the slots (an index whose caller writes the rows)."""
+        inserted were bypassed. rows None, or a cache that holds no rows: only choose the slots (an
+        index whose caller writes the rows, or a replay that counts)."""
         ids = ids.to(self.device)
         rows = None if rows is None else rows.to(self.device, non_blocking=True)
         n = len(ids)
@@ -161,7 +163,7 @@ class RowCache:
         target = torch.where(ok, chosen, self.trash)
         self._counts[3] += ((self.tags[chosen] >= 0) & ok).sum()
         self.tags.index_copy_(0, target, ids[order])   # index_* ops: the fast paths on CPU and GPU
-        if rows is not None:
+        if rows is not None and self.holds_rows:
             self.data.index_copy_(0, target, rows[order])
         self.stamp.index_fill_(0, target, self.tick)
         self.uses.index_fill_(0, target, 1)

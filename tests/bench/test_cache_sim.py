@@ -73,12 +73,17 @@ def test_hit_rate_bench_writes_rows_and_plots(tmp_path):
     text.write_text(PACKAGED_SAMPLE.read_text()[:60_000])
     out = tmp_path / "hr.json"
     assert run(HitRateConfig(corpora=[str(text)], tokens=8192, seq_len=512, sizes=[0.0005, 0.005],
-                             windows=[256], processes=1, out=str(out))) == 0
+                             windows=[256], processes=1, modes=["prefill", "decode", "token"], group=4, admit=8,
+                             streams=4, out=str(out))) == 0
     rows = json.loads(out.read_text())
-    policies = {r["policy"] for r in rows}
+    policies = {r["policy"] for r in rows if r["mode"] == "token"}
     assert {"lru", "belady", "infinite", "rowcache-lru", "rowcache-lfu", "lookahead-256",
             "two-tier (host 10x)", "order3-aging"} <= policies
     assert len([r for r in rows if r["policy"] == "lru"]) == 2 * 2  # 2 layers x 2 sizes
+    for mode, passes in (("prefill", 16 // 4), ("decode", 8192 // 4)):  # 16 prompts of 512; 4 streams
+        mine = [r for r in rows if r["mode"] == mode]
+        assert len(mine) == 3 * 2 * 2 and all(r["passes"] == passes for r in mine)  # policies x sizes x layers
+        assert any(r["hit_rate"] > 0 for r in mine)
     for r in rows:
         assert 0 <= r["hit_rate"] <= 1
         if r["share_of_belady"] is not None:
