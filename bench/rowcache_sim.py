@@ -6,20 +6,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from model_client.row_cache import _GOLDEN, _MIX
+from model_client.host_index import _set_of as _set  # RowCache.set_of for one id, compiled
 
 _POLICY = {"lru": 0, "lfu": 1, "lookahead": 2}
 _NO_USE = np.int64(1) << 50
-
-
-@numba.njit(cache=True)
-def _set(x, num_sets):
-    """RowCache.set_of for one id."""
-    x = x * _GOLDEN
-    x = x ^ ((x >> 31) & ((1 << 33) - 1))
-    x = x * _MIX
-    x = x ^ ((x >> 29) & ((1 << 35) - 1))
-    return ((x >> 32) & 0x7FFFFFFF) % num_sets
 
 
 @numba.njit(cache=True)
