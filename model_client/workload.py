@@ -154,12 +154,14 @@ class Runner:
         nxt = logits[-1][:, :vocab].argmax(dim=-1)
         if decoder is not None:
             decoder.begin(nxt, pos)
-            for _ in range(decode_steps):
-                tokens.append(nxt)
-                decoder.step()
-                logits.append(decoder.logits[:B].clone())
-                nxt = decoder.tokens[:B, 0].clone()
-            decoder.end()
+            try:  # a failed read (service down) still hands the cache index back and restores threads
+                for _ in range(decode_steps):
+                    tokens.append(nxt)
+                    decoder.step()
+                    logits.append(decoder.logits[:B].clone())
+                    nxt = decoder.tokens[:B, 0].clone()
+            finally:
+                decoder.end()
         else:
             for _ in range(decode_steps):
                 tokens.append(nxt)
