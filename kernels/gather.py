@@ -3,8 +3,9 @@
 
 Sources: the device cache's slots (rows hit by this step) and the rows fetched for this step's
 misses. loc[u] >= 0 is unique row u's cache slot, loc[u] < 0 its index -1 - loc[u] among the
-fetched rows; inverse[i] is output row i's unique row. One program writes BLOCK output rows of
-head_dim values: the [B, T, columns, head_dim] input of the Engram layer, no intermediate copy.
+fetched rows; inverse[i] is output row i's unique row (no inverse: output row i is unique row i, as
+for a whole local table, whose ids are its slots). One program writes BLOCK output rows of head_dim
+values: the [B, T, columns, head_dim] input of the Engram layer, no intermediate copy.
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ _STORAGE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": tor
 def _gather_kernel(cache_ptr, fetched_ptr, loc_ptr, inv_ptr, out_ptr, n,
                    ROW_ELEMS: tl.constexpr, HEAD_DIM: tl.constexpr, HD_PAD: tl.constexpr,
                    FP8: tl.constexpr, SCALE_BLOCK: tl.constexpr, BF16_BITS: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   IDENTITY: tl.constexpr, BLOCK: tl.constexpr):
     off = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = off < n
-    loc = tl.load(loc_ptr + tl.load(inv_ptr + off, mask=ok, other=0), mask=ok, other=0)
+    unique = off if IDENTITY else tl.load(inv_ptr + off, mask=ok, other=0)
+    loc = tl.load(loc_ptr + unique, mask=ok, other=0)
     cached = loc >= 0
     row = tl.where(cached, loc, -1 - loc)
     cols = tl.arange(0, HD_PAD)
@@ -56,12 +58,13 @@ def _typed(rows: torch.Tensor, row_dtype: str) -> torch.Tensor:
     return rows if row_dtype == "fp8-e4m3" else rows.view(_STORAGE[row_dtype])
 
 
-def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tensor, inverse: torch.Tensor,
+def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tensor, inverse: torch.Tensor | None,
                 row_dtype: str, head_dim: int, dtype: torch.dtype, rows_per_program: int = 0) -> torch.Tensor:
     """uint8 cache rows [S, row_bytes] and fetched rows [M, row_bytes]; loc int64 [U]; inverse int64
-    [N] -> `dtype` [N, head_dim] on loc's device. The rows may live in pinned host memory, which the
-    GPU then reads over PCIe (a host mirror read inside a CUDA graph)."""
-    n = inverse.numel()
+    [N] (None: N = U, row i is unique row i) -> `dtype` [N, head_dim] on loc's device. The rows may
+    live in pinned host memory, which the GPU then reads over PCIe (a host mirror read inside a CUDA
+    graph)."""
+    n = loc.numel() if inverse is None else inverse.numel()
     out = torch.empty(n, head_dim, dtype=dtype, device=loc.device)  # cache_data may be a pinned host table
     if n == 0:
         return out
@@ -74,9 +77,10 @@ def gather_rows(cache_data: torch.Tensor, fetched: torch.Tensor, loc: torch.Tens
     # bf16 output from wider values: written as rounded int16 bits (bf16 rows are copied as they are)
     bf16_bits = dtype == torch.bfloat16 and row_dtype != "bfloat16"
     _gather_kernel[(triton.cdiv(n, block),)](
-        cache_t, fetched_t, loc, inverse.reshape(-1), out.view(torch.int16) if bf16_bits else out, n,
+        cache_t, fetched_t, loc, loc if inverse is None else inverse.reshape(-1), out.view(torch.int16) if bf16_bits else out, n,
         ROW_ELEMS=cache_t.shape[1], HEAD_DIM=head_dim, HD_PAD=triton.next_power_of_2(head_dim),
-        FP8=row_dtype == "fp8-e4m3", SCALE_BLOCK=FP8_BLOCK, BF16_BITS=bf16_bits, BLOCK=block)
+        FP8=row_dtype == "fp8-e4m3", SCALE_BLOCK=FP8_BLOCK, BF16_BITS=bf16_bits, IDENTITY=inverse is None,
+        BLOCK=block)
     return out
 
 
@@ -84,6 +88,7 @@ def gather_rows_reference(cache_data, fetched, loc, inverse, row_dtype, head_dim
     """The same with PyTorch ops: assemble the unique rows, expand, decode (RowFormat.decode_torch)."""
     from core.row_format import RowFormat
     cached = loc >= 0
+    inverse = torch.arange(len(loc), device=loc.device) if inverse is None else inverse
     unique = torch.empty(len(loc), cache_data.shape[1], dtype=torch.uint8, device=cache_data.device)
     unique[cached] = cache_data[loc[cached]]
     unique[~cached] = fetched[-1 - loc[~cached]]

@@ -175,7 +175,7 @@ class StagedStep:
         if not use_triton(ids):
             return self.row_format.decode_torch(table.index_select(0, ids.cpu()), dtype)
         from kernels.gather import gather_rows
-        return gather_rows(table, table[:0], ids, self.arange, self.row_format.row_dtype, self.row_format.head_dim,
+        return gather_rows(table, table[:0], ids, None, self.row_format.row_dtype, self.row_format.head_dim,
                            dtype, rows_per_program=16)
 
     def hash_ids(self, layer: int) -> torch.Tensor:

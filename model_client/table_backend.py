@@ -16,6 +16,7 @@ from torch import nn
 from core.errors import BadRowIds
 from core.row_format import RowFormat
 from core.table_init import seeded_rows
+from kernels import use_triton
 
 
 class TableBackend(Protocol):
@@ -76,6 +77,14 @@ class LocalTableBackend(nn.Module):
 
     def gather(self, row_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows of ids the hasher made (each a sub-table index mod its prime + the sub-table's offset,
-        so inside the table by construction): no check, no sync (local_step.py)."""
-        gathered = self.rows.index_select(0, row_ids.reshape(-1).to(self.rows.device))
-        return self.row_format.decode_torch(gathered, dtype).reshape(*row_ids.shape, -1)
+        so inside the table by construction): no check, no sync (local_step.py). On CUDA the remote
+        path's gather kernel, decoding on the way: the baseline gets the same kernel, and a uint8
+        index_select moves a 256-byte row one byte per thread (slower than the kernel, issue 16)."""
+        flat = row_ids.reshape(-1).to(self.rows.device)
+        if use_triton(flat):
+            from kernels.gather import gather_rows
+            out = gather_rows(self.rows, self.rows[:0], flat, None, self.row_format.row_dtype,
+                              self.row_format.head_dim, dtype)
+        else:
+            out = self.row_format.decode_torch(self.rows.index_select(0, flat), dtype)
+        return out.reshape(*row_ids.shape, -1)

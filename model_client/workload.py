@@ -126,7 +126,8 @@ class Runner:
         for b, p in enumerate(prompts):
             ids[b, :len(p)] = p
         ids = torch.from_numpy(ids).to(self.device)
-        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        host_lengths = np.array([len(p) for p in prompts])    # the groups' widths: no device sync
+        lengths = torch.from_numpy(host_lengths).to(self.device)
         rows = 1 << (B - 1).bit_length() if self.decode_graph else B  # a graph per power-of-two bucket
         state, lookback, decoder = self._state(rows, decode_steps)
         group = prefill_batch or B
@@ -134,11 +135,11 @@ class Runner:
         self._sync()
         t0 = time.perf_counter()
         if self.prefetcher is not None:  # the prompts are admitted: tell the cache what is coming
-            self.prefetcher.announce([ids[g:g + group, :int(lengths[g:g + group].max())] for g in range(0, B, group)])
+            self.prefetcher.announce([ids[g:g + group, :host_lengths[g:g + group].max()] for g in range(0, B, group)])
         for g in range(0, B, group):  # each group writes its rows of the shared caches and states
             part_rows = slice(g, min(g + group, B))
             n = lengths[part_rows]
-            width = int(n.max())
+            width = int(host_lengths[part_rows].max())
             part = ids[part_rows, :width]
             positions = torch.arange(width, device=self.device).expand(len(n), width)
             sub = {"kv": [(k[part_rows], v[part_rows]) for k, v in state["kv"]],

@@ -38,3 +38,17 @@ def test_gather_without_fetched_rows(device):
     out = gather_rows(rows, rows[:0], torch.arange(8).to(device), torch.tensor([7, 0]).to(device),
                       "bfloat16", 8, torch.float32)
     assert torch.equal(out.cpu(), torch.eye(8)[[7, 0]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("row_dtype", ROW_DTYPES)
+def test_gather_without_inverse_reads_row_i_at_loc_i(row_dtype, device):
+    """inverse=None (a whole local table: its ids are its slots) equals the identity inverse."""
+    from kernels.gather import gather_rows, gather_rows_reference
+    fmt = RowFormat(row_dtype, 40)
+    table = torch.from_numpy(fmt.encode(np.random.default_rng(6).standard_normal((30, 40)).astype(np.float32)))
+    ids = torch.tensor([29, 0, 7, 7, 13])
+    got = gather_rows(table.to(device), table[:0].to(device), ids.to(device), None, row_dtype, 40, torch.bfloat16)
+    want = gather_rows_reference(table, table[:0], ids, torch.arange(5), row_dtype, 40, torch.bfloat16)
+    assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))
+    assert torch.equal(got.cpu().view(torch.int16), fmt.decode_torch(table[ids], torch.bfloat16).view(torch.int16))
