@@ -166,8 +166,8 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
                 runner.run(prompt_sets[0], min(cfg.workload.decode_steps, 2), cfg.prefill_batch)
                 log(f"  warm-up {mode:<6}: {time.perf_counter() - t0:.1f} s (not measured)")
             match = True
-            for r in range(cfg.repeats):
-                for mode, runner in runners.items():
+            for r in range(cfg.repeats):  # pairs alternate which mode runs first: an order effect shows
+                for mode, runner in list(runners.items())[::1 if r % 2 == 0 else -1]:
                     before = {layer: len(w) for layer, w in prefetcher.exposed_wait_s.items()}
                     result = runner.run(prompt_sets[r], cfg.workload.decode_steps, cfg.prefill_batch)
                     results[mode].append(result)
@@ -207,7 +207,7 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
         pairs = [getattr(b, f"{phase}_tokens_per_s") / getattr(a, f"{phase}_tokens_per_s")
                  for a, b in zip(results["local"], results["remote"])]
         out[f"{phase}_ratio_remote_to_local"] = med(pairs)
-        out[f"{phase}_pair_ratios"] = pairs
+        out[f"{phase}_pair_ratios"] = pairs  # even pairs ran local first, odd ones remote first
         seconds = med([getattr(r, f"{phase}_s") for r in results["remote"]])
         k = 0 if phase == "prefill" else 1
         out[f"{phase}_exposed_wait_share"] = med([sum(w[k] for w in run.values()) for run in waits]) / seconds if seconds else 0.0
@@ -273,11 +273,19 @@ def report(out: dict) -> str:
     pairs = {phase: out.get(f"{phase}_pair_ratios", []) for phase in ("prefill", "decode")}
     if pairs["decode"]:
         lines.append("pair ratios: " + "; ".join(f"{phase} {min(r):.3f}-{max(r):.3f}" for phase, r in pairs.items()))
+    if len(pairs["decode"]) > 1:  # the same medians by which mode ran first in the pair
+        lines.append("by order (local first / remote first): " + "; ".join(
+            f"{phase} {statistics.median(r[0::2]):.3f} / {statistics.median(r[1::2]):.3f}" for phase, r in pairs.items()))
     step = out.get("decode_step_ms")
-    if step:
+    if step and out["device"].startswith("cuda"):  # the roofline is the H200's HBM
         lines.append(f"decode step: local {step['local']:.2f} ms, remote {step['remote']:.2f} ms; memory roofline "
                      f"{out['decode_roofline_ms']:.2f} ms (weights + KV read at 4.0 TB/s): local at "
                      f"{step['local'] / out['decode_roofline_ms']:.2f}x")
+    for mode in ("local", "remote"):
+        gpu = out.get(f"decode_{mode}_split_ms", {})
+        if gpu:
+            lines.append(f"{mode} decode step on the GPU: median {gpu['step_ms']:.2f} ms, mean {gpu['mean_step_ms']:.2f} ms; "
+                         f"the run's begin + end {gpu['begin_ms']:.1f} + {gpu['end_ms']:.1f} ms")
     split = out.get("decode_remote_split_ms")
     if split:
         lines.append(f"remote decode step (CUDA graphs, GPU time): pieces {', '.join(f'{x:.2f}' for x in split['pieces_ms'])} "

@@ -7,14 +7,14 @@ graph), the KV caches and conv states (the Runner's, reused every run), the look
 
   local tables   one graph for the whole step: embed, hash on the device (no range check: the ids
                  are the hasher's, local_step.py), the blocks, the head, argmax.
-  remote tables  the graph hashes on the device too; layers whose table is in the host mirror read
-                 it over PCIe inside the graph (staged_step.py). The other layers are planned on
-                 the host, so the step is cut before each of them: pieces [0, c1), [c1, c2), ...
+  remote tables  the graph hashes on the device too; an early layer whose table is in the host
+                 mirror reads it over PCIe inside the graph (staged_step.py). The other layers are
+                 planned on the host (staged from the mirror, or probed in the device cache's index
+                 and read below), so the step is cut before each of them: pieces [0, c1), [c1, c2), ...
                  Piece 0 is launched first; then the host waits for the previous step's tokens
                  (copied back right after its argmax), hashes them on numpy and, layer by layer,
                  stages the rows and launches the piece that starts at that layer. The GPU runs
-                 piece 0 meanwhile and waits only where such a layer needs its rows. With every
-                 table mirrored the step is one graph and the host never waits.
+                 piece 0 meanwhile and waits only where such a layer needs its rows.
 
 Without CUDA (or graphs=False) the same pieces run eagerly in the same order: the logic the CI tests.
 Timing per step (CUDA events): each piece's GPU time, and the gaps before pieces 1.. (the exposed wait).
@@ -47,7 +47,7 @@ class DecodeGraph:
             self.backends = {layer: model.blocks[layer].engram.multi_head_embedding.embedding for layer in self.layers}
         else:
             self.prefetcher, self.staged = prefetcher, StagedStep(prefetcher, batch)
-            cuts = self.staged.cached   # a piece ends before each layer the host plans
+            cuts = self.staged.planned  # a piece ends before each layer the host plans
             self.bounds = list(zip([0, *cuts], [*cuts, blocks]))
             self.tokens_host = torch.zeros(batch, 1, dtype=torch.int64, pin_memory=self.device.type == "cuda")
             self.tokens_ready = torch.cuda.Event() if self.device.type == "cuda" else None
@@ -105,6 +105,7 @@ class DecodeGraph:
     # ---- a run of steps ---------------------------------------------------------------------------------
     def begin(self, tokens: torch.Tensor, positions: torch.Tensor) -> None:
         """First step's inputs (tokens [b] from the prefill, positions [b]); rows past b stay padding."""
+        t0 = time.perf_counter()
         b = len(tokens)
         self.tokens.fill_(self.hasher.config.pad_id)
         self.positions.zero_()
@@ -118,6 +119,7 @@ class DecodeGraph:
             # made them slower, not faster (issue 16's notes)
             self._threads = torch.get_num_threads()
             torch.set_num_threads(1)
+        self.begin_s = time.perf_counter() - t0
 
     def step(self) -> None:
         """One decode step; its logits and next tokens are in self.logits and self.tokens."""
@@ -130,7 +132,7 @@ class DecodeGraph:
         self._launch(0)
         if timed:
             events[1].record()
-        if self.staged is not None and self.staged.cached:
+        if self.staged is not None and self.staged.planned:
             self._stage_and_launch(events)
         self.events.append(events)
 
@@ -168,7 +170,7 @@ class DecodeGraph:
         t0 = time.perf_counter()
         hash_ids, row_ids = self.hasher.hash_and_rows(ids, self.host_lookback, validate=False)
         host.append(time.perf_counter() - t0)
-        for k, layer in enumerate(self.staged.cached, start=1):
+        for k, layer in enumerate(self.staged.planned, start=1):
             i = self.layers.index(layer)
             host += self.staged.plan(i, layer, np.ascontiguousarray(row_ids[i]), np.ascontiguousarray(hash_ids[i]))
             if events:
@@ -184,11 +186,13 @@ class DecodeGraph:
             self.tokens_host.copy_(self.tokens)
 
     def end(self) -> None:
+        t0 = time.perf_counter()
         if self.staged is not None:
             if self.tokens_ready is not None:
                 self.tokens_ready.synchronize()
             self.staged.end()
             torch.set_num_threads(self._threads)
+        self.end_s = time.perf_counter() - t0
 
     def timings(self) -> dict:
         """Medians over the run's steps, ms: step (first launch to last end), pieces' GPU time, gaps."""
@@ -198,7 +202,8 @@ class DecodeGraph:
         steps = np.array([[a.elapsed_time(b) for a, b in zip(ev[:-1], ev[1:])] for ev in self.events])
         step_ms = np.array([ev[0].elapsed_time(ev[-1]) for ev in self.events])
         host = {"host_ms": (np.median(np.array(self.host_s), axis=0) * 1e3).tolist()} if self.host_s else {}
-        return {**host, "step_ms": float(np.median(step_ms)), "pieces_ms": np.median(steps[:, 0::2], axis=0).tolist(),
+        return {**host, "step_ms": float(np.median(step_ms)), "mean_step_ms": float(step_ms.mean()),
+                "begin_ms": 1e3 * self.begin_s, "end_ms": 1e3 * self.end_s, "pieces_ms": np.median(steps[:, 0::2], axis=0).tolist(),
                 "gaps_ms": np.median(steps[:, 1::2], axis=0).tolist(), "exposed_wait_ms": float(
                     np.median(steps[:, 1::2].sum(axis=1)))}
 

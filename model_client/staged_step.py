@@ -1,12 +1,15 @@
 """StagedStep: a decode step's Engram rows for a graph-captured forward pass.
 
 A CUDA graph replays fixed kernels on fixed buffers, so nothing inside it may depend on a value the
-host has to read first. Each Engram layer's rows come one of two ways:
+host has to read first. Each Engram layer's rows come one of three ways:
 
-  host-mirrored layer (its whole table in pinned host memory): read by the GPU itself inside the
-      graph, with the row ids the graph's own hash made: one gather kernel over PCIe (the pinned
-      table's address is valid on the device), no host work, no wait. A step whose layers are all
-      mirrored is one graph, as the local baseline's.
+  an early host-mirrored layer (its whole table in pinned host memory, fewer than HOST_LEAD_BLOCKS
+      blocks before it): read by the GPU itself inside the graph, with the row ids the graph's own
+      hash made: one gather kernel over PCIe (the pinned table's address is valid on the device), no
+      host work, no wait. Its programs wait on PCIe while holding SMs beside the blocks' kernels.
+  a later host-mirrored layer: the host takes the step's rows from the mirror into pinned staging
+      and the copy engine moves them up while the blocks before the layer compute; the graph
+      gathers them from device memory. No SM waits on PCIe.
   other layers: planned on the host, per step and in layer order, while the GPU runs the blocks
       before the layer: the step's tokens (copied back after sampling) -> NgramHasher on numpy ->
       row ids [B * C] -> dedup -> a probe of the device cache's *index*, which lives on the host
@@ -44,18 +47,29 @@ from .tier import fetch
 
 logger = logging.getLogger("engram_memory")
 
+# A mirrored layer is staged by the host when at least this many blocks come before it. The host's
+# part (the previous step's tokens are in, numpy hash 0.4 ms, an 8,192-row take from the mirror and
+# a 1 MiB copy up: ~1 ms on the H200's host) must end before the blocks before the layer do (~0.85 ms
+# a block for the 1.35B model at batch 512): 4 blocks leave 3x margin. Layer 1 (one block) is read by
+# the GPU; its zero-copy read costs ~0.1 ms of the blocks' SMs, layer 15's cost ~0.3 ms (issue 16).
+HOST_LEAD_BLOCKS = 4
+
 
 class StagedStep:
-    def __init__(self, prefetcher, batch: int):
+    def __init__(self, prefetcher, batch: int, host_lead_blocks: int | None = None):
         p = self.p = prefetcher
+        lead = HOST_LEAD_BLOCKS if host_lead_blocks is None else host_lead_blocks
         self.layers, self.device = p.layers, p.device
         cols = p.hasher.config.num_columns
         self.n = n = batch * cols                      # token-columns per layer and step (T = 1)
         mirror = self.mirror = p.tiers.host_mirror
         row_format = self.row_format = RowFormat(p.hasher.config.row_dtype, p.hasher.config.head_dim)
-        self.direct = {layer: mirror is not None and mirror.holds(p.tables[layer])
+        mirrored = {layer for layer in self.layers if mirror is not None and mirror.holds(p.tables[layer])}
+        self.direct = {layer: layer in mirrored and layer < lead  # read by the GPU (zero-copy)
                        and _readable(mirror.data[p.tables[layer]], row_format, self.device) for layer in self.layers}
-        self.cached = [layer for layer in sorted(self.layers) if not self.direct[layer]]  # planned on the host
+        self.from_mirror = {layer for layer in mirrored if not self.direct[layer]}  # staged by the host
+        self.planned = [layer for layer in sorted(self.layers) if not self.direct[layer]]  # the host's layers
+        self.cached = [layer for layer in self.planned if layer not in self.from_mirror]  # ... with an index
         self.arange = torch.arange(n, device=self.device)
         self.mirror_ptrs = self._mirror_ptrs()
         cuda = self.device.type == "cuda"
@@ -66,14 +80,15 @@ class StagedStep:
         self.hash_host = torch.zeros(L, batch, 1, cols, dtype=torch.int64, **pinned)
         self.hash = {layer: self.hash_stack[i] for i, layer in enumerate(self.layers)}  # one view per layer
         self.buffers, self.host, self.index = {}, {}, {}
-        for layer in self.cached:
+        for layer in self.planned:
             rb = p.row_bytes[p.tables[layer]]
-            cache = p.tiers.device_cache.caches[p.tables[layer]]
-            # before the first plan: gathers read slot 0 and writes go to the trash slot (harmless)
-            self.buffers[layer] = {"loc": torch.zeros(n, dtype=torch.int64, **dev),
-                                   "inverse": torch.zeros(n, dtype=torch.int64, **dev),
-                                   "staged": torch.zeros(n, rb, dtype=torch.uint8, **dev),
-                                   "slots": torch.full((n,), cache.trash, dtype=torch.int64, **dev)}
+            self.buffers[layer] = {"staged": torch.zeros(n, rb, dtype=torch.uint8, **dev)}
+            if layer in self.cached:
+                cache = p.tiers.device_cache.caches[p.tables[layer]]
+                # before the first plan: gathers read slot 0 and writes go to the trash slot (harmless)
+                self.buffers[layer].update(loc=torch.zeros(n, dtype=torch.int64, **dev),
+                                           inverse=torch.zeros(n, dtype=torch.int64, **dev),
+                                           slots=torch.full((n,), cache.trash, dtype=torch.int64, **dev))
             self.host[layer] = {k: torch.empty_like(v, device="cpu", **pinned) for k, v in self.buffers[layer].items()}
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self.read_stream = torch.cuda.Stream(self.device) if cuda else None   # the mirror reads
@@ -109,6 +124,12 @@ class StagedStep:
         version = p.tiers.versions[table]
         ids = torch.from_numpy(row_ids.reshape(-1))
         self.hash_host[i].copy_(torch.from_numpy(hash_ids))
+        if layer in self.from_mirror:  # every token-column's row, in order: no index, no dedup
+            fetch(table, ids, host["staged"], p.tiers.below_device(), version)
+            p.rows_below_device[layer] += len(ids)
+            t1 = time.perf_counter()
+            self._copy_up(i, layer, {"staged": len(ids)})
+            return [0.0, t1 - t0, time.perf_counter() - t1]
         index = self.index[layer]
         unique, inverse = torch.unique(ids, return_inverse=True)
         hit, slot, slots = host_index.plan(index, unique)   # probe, victims of the misses, release
@@ -125,19 +146,18 @@ class StagedStep:
         host["slots"][m:] = index.trash
         p.rows_below_device[layer] += m
         t3 = time.perf_counter()
-        self._copy_up(i, layer, u, m)
+        self._copy_up(i, layer, {"staged": m, "loc": u, "inverse": self.n, "slots": self.n})
         return [t1 - t0 + t3 - t2, t2 - t1, time.perf_counter() - t3]
 
-    def _copy_up(self, i: int, layer: int, u: int, m: int) -> None:
+    def _copy_up(self, i: int, layer: int, counts: dict) -> None:
+        """The step's hash of layer i and the first counts[name] rows of each plan buffer."""
         dev, host = self.buffers[layer], self.host[layer]
         stream = self.copy_stream  # no wait for the main stream: the caller synchronized with the previous
         # step's end (its sampled tokens) before planning, so every earlier read of these buffers is done
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             self.hash_stack[i].copy_(self.hash_host[i], non_blocking=True)
-            dev["staged"][:m].copy_(host["staged"][:m], non_blocking=True)
-            dev["loc"][:u].copy_(host["loc"][:u], non_blocking=True)
-            dev["inverse"].copy_(host["inverse"], non_blocking=True)
-            dev["slots"].copy_(host["slots"], non_blocking=True)
+            for name, count in counts.items():
+                dev[name][:count].copy_(host[name][:count], non_blocking=True)
         if stream is not None:
             self.copied[layer].record(stream)
             torch.cuda.current_stream(self.device).wait_event(self.copied[layer])
@@ -191,6 +211,12 @@ class StagedStep:
                 torch.cuda.current_stream(self.device).wait_event(self.read_done[layer])
             return self.mirrored[layer].view(shape)
         b = self.buffers[layer]
+        if layer in self.from_mirror:  # row k of the staging is token-column k's
+            if use_triton(b["staged"]):
+                from kernels.gather import gather_rows
+                return gather_rows(b["staged"], b["staged"][:0], self.arange, None, row_format.row_dtype,
+                                   row_format.head_dim, dtype).view(shape)
+            return row_format.decode_torch(b["staged"], dtype).view(shape)
         data = self._cache(layer).data
         data.index_copy_(0, b["slots"], b["staged"])   # the misses into their victims' slots
         if use_triton(data):
@@ -207,7 +233,7 @@ class StagedStep:
 def _readable(table: torch.Tensor, row_format: RowFormat, device) -> bool:
     """Whether the device can read a pinned host table itself: always on CPU; on CUDA, a one-row
     gather from it (Triton takes a pinned tensor's address as a device address under unified
-    addressing). If not, the layer is planned on the host like any other: correct, slower."""
+    addressing). If not, the host stages the layer's rows from the mirror: correct, no SM waits."""
     if device.type != "cuda" or not use_triton(torch.empty(0, device=device)):
         return True
     from kernels.gather import gather_rows

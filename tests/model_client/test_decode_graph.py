@@ -44,7 +44,8 @@ def local_model(device):
 def remote_prefetcher(served, hasher, tier, device):
     server, db = served
     store = ServiceTier(MemoryClient(server.target)) if tier.startswith("service") else StoreTier(str(db))
-    mirror = hasher.geometry.rows(1) * 80 / 2**20 if tier.endswith("mirror") else 0  # layer 1's table
+    mirrored = CONFIG.layer_ids if tier.endswith("mirror-all") else [1] if tier.endswith("mirror") else []
+    mirror = sum(hasher.geometry.rows(layer) for layer in mirrored) * 80 / 2**20
     # 1/64 MiB: 204 rows of 80 B per table, far fewer than the text touches: evictions every step
     tiers = TierConfig(device_cache_mb=1 / 32, host_cache_mb=1 / 16, host_mirror_mb=mirror)
     return Prefetcher(hasher, build_tiers(tiers, store, CONFIG, device, progress=False))
@@ -62,8 +63,11 @@ def prompts(tokenizer):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("tier", ["service", "lmdb", "service+mirror"])
-def test_graph_decode_equals_eager_decode(served, ds_tokenizer, device, tier):
+@pytest.mark.parametrize("tier", ["service", "lmdb", "service+mirror", "service+mirror-all"])
+def test_graph_decode_equals_eager_decode(served, ds_tokenizer, device, tier, monkeypatch):
+    """service+mirror-all: layer 1 read from the mirror by the device, layers 2-4 staged from it by
+    the host (2 blocks of lead here instead of 4)."""
+    monkeypatch.setattr("model_client.staged_step.HOST_LEAD_BLOCKS", 2)
     hasher = NgramHasher(CONFIG, ds_tokenizer)
     local = local_model(device)
     local_eager = Runner(local, hasher, pad_id=CONFIG.pad_id, decode_graph=False)
@@ -92,6 +96,9 @@ def test_graph_decode_equals_eager_decode(served, ds_tokenizer, device, tier):
     assert len(set(want.tokens[:, -1].tolist())) > 1  # the steps decode different text per row
     # the graph path's host index decided exactly what the device cache's own probe and insert did
     (eager, eager_below), (graph, graph_below) = results["remote eager"].stats, results["remote graph"].stats
+    if tier.endswith("mirror-all"):
+        assert eager_below == graph_below and set(graph_below) == set(CONFIG.layer_ids)  # every row: the mirror
+        return
     assert graph.evictions > 0 and graph.hits > 0
     assert (eager.lookups, eager.hits, eager.inserts, eager.evictions, eager.bypassed) == \
            (graph.lookups, graph.hits, graph.inserts, graph.evictions, graph.bypassed)
