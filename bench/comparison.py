@@ -290,7 +290,7 @@ def report(out: dict) -> str:
     if split:
         lines.append(f"remote decode step (CUDA graphs, GPU time): pieces {', '.join(f'{x:.2f}' for x in split['pieces_ms'])} "
                      f"ms, waits before the Engram layers {', '.join(f'{x:.3f}' for x in split['gaps_ms'])} ms; host "
-                     f"(tokens wait, hash, then per layer index / read below / copy up) "
+                     f"(tokens wait, hash, then per layer dedup / index / read below / copy up) "
                      f"{', '.join(f'{x:.2f}' for x in split.get('host_ms', []))} ms")
     host = f"{out['host_cache_hit_rate']:.1%}" if out["host_cache_hit_rate"] is not None else "-"
     lines += ["", f"hit rates: device cache {out['device_cache_hit_rate']:.1%}, host cache {host}; "

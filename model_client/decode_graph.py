@@ -162,7 +162,7 @@ class DecodeGraph:
         if self.tokens_ready is not None:
             self.tokens_ready.synchronize()            # the previous step has ended: its tokens are here
         host = [time.perf_counter() - t0]              # host seconds: the wait for the tokens, the hash,
-        p = self.prefetcher                            # then each layer's index / read below / copy up
+        p = self.prefetcher                            # then each layer's dedup / index / read below / copy up
         if p.maybe_refresh():
             for layer in self.layers:
                 self.staged.forget(layer)

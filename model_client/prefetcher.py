@@ -41,6 +41,8 @@ class Prefetcher:
         self.row_bytes = {t: cache.row_bytes for t, cache in tiers.device_cache.caches.items()}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
         self.current: Step | None = None
+        self.in_flight: list[Step] = []    # started, some layer not read yet (prefill runs two at once)
+        self.gates: dict = {}              # per layer: the last started step's hold on its cache (step.py)
         self.lookahead = Lookahead(hasher, tiers.device_cache, tiers.tables)
         self.exposed_wait_s: dict[int, list[float]] = defaultdict(list)  # per layer, one per step
         self.rows_below_device: dict[int, int] = defaultdict(int)        # per layer: mirror, host cache, backing
@@ -91,19 +93,32 @@ class Prefetcher:
         self.refresh_versions()
         return len(self.switches) > before
 
-    def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None) -> "Step":
-        """Hash, probe and launch the fetches of one forward pass; the step becomes `current`."""
-        self.maybe_refresh()
+    @property
+    def overlaps(self) -> bool:
+        """Whether a step may start while the one before computes (CUDA: probes on the fetch thread,
+        ordered per cache by CacheGates); on CPU a step probes at start, so it must not."""
+        return self.side_stream is not None
+
+    def start(self, input_ids: torch.Tensor, state: LookbackState | None = None, lengths=None,
+              refresh: bool = True) -> "Step":
+        """Hash, probe and launch the fetches of one forward pass; the step becomes `current`.
+        refresh=False: no version switch now (a step started ahead, while another is in flight)."""
+        if refresh:
+            self.maybe_refresh()
         hash_ids, row_ids = self.hasher.hash_and_rows(input_ids.to(self.device), state, lengths)
+        self.in_flight = [s for s in self.in_flight if s.futures or s.direct]
         self.current = Step(self, hash_ids, row_ids)
+        self.in_flight.append(self.current)
         return self.current
 
     def abandon(self) -> None:
         """Forget a forward pass that failed half-way: nothing is in flight any more, so no row
         stays pinned for it."""
-        if self.current is not None:  # let running probes finish: they pin rows
-            wait([f for f in self.current.futures.values() if not f.cancel()])
-        self.current = None
+        for step in self.in_flight:  # no probe waits for a step that will never settle
+            step.release_gates()
+        for step in self.in_flight:  # let running probes finish: they pin rows
+            wait([f for f in step.futures.values() if not f.cancel()])
+        self.current, self.in_flight, self.gates = None, [], {}
         for cache in self.tiers.device_cache.caches.values():
             cache.pins.zero_()
 

@@ -79,13 +79,14 @@ class RowCache:
         # rows=False: an index alone (tags and policy state), whose rows live elsewhere: a graph-captured
         # decode keeps the device cache's index on the host (staged_step.py) and writes rows on the GPU
         self.holds_rows = rows
-        self.data = torch.empty(n + 1 if rows else 0, row_bytes, dtype=torch.uint8, device=self.device,
-                                pin_memory=pin_memory and self.device.type == "cpu" and torch.cuda.is_available())
-        self.tags = torch.full((n + 1,), -1, dtype=torch.int64, device=self.device)
-        self.stamp = torch.zeros(n + 1, dtype=torch.int64, device=self.device)
-        self.uses = torch.zeros(n + 1, dtype=torch.int64, device=self.device)
-        self.pins = torch.zeros(n + 1, dtype=torch.int32, device=self.device)
-        self.next_use = torch.full((n + 1,), NO_USE, dtype=torch.int64, device=self.device)  # a tick
+        # pinned (a host cache's rows, or a host-side index): copies to and from the GPU run async
+        at = {"device": self.device, "pin_memory": pin_memory and self.device.type == "cpu" and torch.cuda.is_available()}
+        self.data = torch.empty(n + 1 if rows else 0, row_bytes, dtype=torch.uint8, **at)
+        self.tags = torch.full((n + 1,), -1, dtype=torch.int64, **at)
+        self.stamp = torch.zeros(n + 1, dtype=torch.int64, **at)
+        self.uses = torch.zeros(n + 1, dtype=torch.int64, **at)
+        self.pins = torch.zeros(n + 1, dtype=torch.int32, **at)
+        self.next_use = torch.full((n + 1,), NO_USE, dtype=torch.int64, **at)  # a tick
         self.tick = 0
         self._counts = torch.zeros(6, dtype=torch.int64, device=self.device)  # lookups, hits, inserts,
         # evictions, bypassed, (unused): summed on the device, read by `stats`
@@ -245,13 +246,15 @@ class RowCache:
         self.next_use.index_copy_(0, slot, torch.where(valid, current, when))
         self.next_use[self.trash] = NO_USE
 
-    def load_index(self, other: "RowCache") -> None:
-        """Take over another cache's index of the same geometry (tags, policy state, tick, counters):
-        the device cache's index moves to the host for graph-captured decode, and back after."""
+    def load_index(self, other: "RowCache", non_blocking: bool = False) -> None:
+        """Take over another cache's index of the same geometry (tags, the state its policy reads,
+        tick, counters): the device cache's index moves to the host for graph-captured decode, and
+        back after. Only what the policy reads moves (LRU: 8 of 33 bytes a slot besides the tags)."""
         if (other.num_sets, other.ways, other.policy) != (self.num_sets, self.ways, self.policy):
             raise ValueError("load_index needs a cache of the same sets, ways and policy")
-        for name in ("tags", "stamp", "uses", "pins", "next_use", "_counts"):
-            getattr(self, name).copy_(getattr(other, name))
+        policy_state = {"lru": (), "lfu": ("uses",), "lookahead": ("next_use",)}[self.policy]
+        for name in ("tags", "stamp", "pins", *policy_state, "_counts"):
+            getattr(self, name).copy_(getattr(other, name), non_blocking=non_blocking)
         self.tick = other.tick
 
     def clear(self) -> None:

@@ -97,18 +97,24 @@ class StagedStep:
 
     # ---- host side ------------------------------------------------------------------------------------
     def begin(self) -> None:
-        """Take over the device caches' index (one copy down per table) for a run of decode steps."""
+        """Take over the device caches' index (one copy down per table) for a run of decode steps.
+        The host copies are made once, pinned, and reused by every run: the copies are async
+        (each direction took ~5 ms a run on the H200 from fresh pageable tensors)."""
         for layer in self.cached:
             cache = self._cache(layer)
-            self.index[layer] = RowCache(cache.capacity_bytes, cache.row_bytes, "cpu", cache.policy,
-                                         cache.ways, cache.decay_every, kernels=False, rows=False)
-            self.index[layer].load_index(cache)
+            if layer not in self.index:
+                self.index[layer] = RowCache(cache.capacity_bytes, cache.row_bytes, "cpu", cache.policy, cache.ways,
+                                             cache.decay_every, pin_memory=True, kernels=False, rows=False)
+            self.index[layer].load_index(cache, non_blocking=True)
+        if self.cached and self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the host reads the index next
 
     def end(self) -> None:
-        """Hand the index back to the device caches (after the last step's rows were written)."""
-        for layer, index in self.index.items():
-            self._cache(layer).load_index(index)
-        self.index = {}
+        """Hand the index back to the device caches (after the last step's rows were written). The
+        copies up run async on the current stream, before anything later there reads the cache; the
+        host index is not touched again until the next begin, whose copies down queue after them."""
+        for layer in self.cached:
+            self._cache(layer).load_index(self.index[layer], non_blocking=True)
 
     def forget(self, layer: int) -> None:
         """A new table version was switched to: the device cache dropped its rows, so does the index."""
@@ -118,7 +124,7 @@ class StagedStep:
     def plan(self, i: int, layer: int, row_ids: np.ndarray, hash_ids: np.ndarray) -> list[float]:
         """Stage layer `layer`'s rows for ids [B, 1, C] (the host hasher's) and copy the plan up; the
         main stream waits for it before the layer's piece of the graph. Returns the seconds spent in
-        the index, reading below and copying up."""
+        the dedup, the index, reading below and copying up."""
         t0 = time.perf_counter()
         p, host, table = self.p, self.host[layer], self.p.tables[layer]
         version = p.tiers.versions[table]
@@ -129,9 +135,10 @@ class StagedStep:
             p.rows_below_device[layer] += len(ids)
             t1 = time.perf_counter()
             self._copy_up(i, layer, {"staged": len(ids)})
-            return [0.0, t1 - t0, time.perf_counter() - t1]
+            return [0.0, 0.0, t1 - t0, time.perf_counter() - t1]
         index = self.index[layer]
         unique, inverse = torch.unique(ids, return_inverse=True)
+        tu = time.perf_counter()
         hit, slot, slots = host_index.plan(index, unique)   # probe, victims of the misses, release
         miss_at = (~hit).nonzero().squeeze(1)
         miss = unique[miss_at]
@@ -147,7 +154,7 @@ class StagedStep:
         p.rows_below_device[layer] += m
         t3 = time.perf_counter()
         self._copy_up(i, layer, {"staged": m, "loc": u, "inverse": self.n, "slots": self.n})
-        return [t1 - t0 + t3 - t2, t2 - t1, time.perf_counter() - t3]
+        return [tu - t0, t1 - tu + t3 - t2, t2 - t1, time.perf_counter() - t3]
 
     def _copy_up(self, i: int, layer: int, counts: dict) -> None:
         """The step's hash of layer i and the first counts[name] rows of each plan buffer."""

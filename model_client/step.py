@@ -9,6 +9,7 @@ the device cache only through its LayerPlans (probe, then settle).
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,12 +61,38 @@ class LayerPlan:
         self.cache.release(self.slot)
 
 
+class CacheGate:
+    """A step's hold on one layer's device cache, on CUDA, where the probes run on the fetch thread:
+    the next step's probe of that cache waits until this step's settle is enqueued (the host) and
+    done (the GPU). So a step may start (hash, read, copy up) while the one before still computes,
+    and each cache still sees probe, settle, probe, settle, in step order: the decisions of one
+    step after the other."""
+
+    def __init__(self):
+        self.enqueued, self.event = threading.Event(), torch.cuda.Event()
+
+    def open(self) -> None:
+        """On the main stream, after the settle."""
+        self.event.record()
+        self.enqueued.set()
+
+    def release(self) -> None:
+        """Abandoned: nothing to wait for (waiting on an event never recorded returns at once)."""
+        self.enqueued.set()
+
+    def wait(self, stream, layer: int, timeout_s: float = 300.0) -> None:
+        if not self.enqueued.wait(timeout_s):  # a step whose layer nobody read (Step.wait_all reads them)
+            raise RuntimeError(f"Engram layer {layer}: the step before never settled its rows in the device cache; "
+                               "read every layer of a step, or call prefetcher.abandon()")
+        stream.wait_event(self.event)
+
+
 class Step:
     def __init__(self, prefetcher: "Prefetcher", hash_ids: torch.Tensor, row_ids: torch.Tensor):
         self.p, self.hash_stack, self.row_stack = prefetcher, hash_ids, row_ids
         self.hash = {layer: hash_ids[i] for i, layer in enumerate(prefetcher.layers)}  # one view per layer
         self.plans: dict[int, LayerPlan] = {}   # CPU: probed at entry; CUDA: on the fetch thread
-        self.futures, self.direct = {}, {}
+        self.futures, self.direct, self.gates = {}, {}, {}
         mirror = prefetcher.tiers.host_mirror
         direct = [i for i, layer in enumerate(prefetcher.layers) if mirror is not None
                   and mirror.holds(prefetcher.tables[layer]) and row_ids[i].numel() <= prefetcher.direct_rows]
@@ -81,7 +108,9 @@ class Step:
             ready.record()
             row_ids.record_stream(prefetcher.side_stream)  # read there, freed with the step
             for i, layer in todo:  # the first layer's rows first
-                self.futures[layer] = prefetcher.pool.submit(self._prepare, i, layer, ready)
+                before = prefetcher.gates.get(layer)  # the step before's hold on this layer's cache
+                self.gates[layer] = prefetcher.gates[layer] = CacheGate()
+                self.futures[layer] = prefetcher.pool.submit(self._prepare, i, layer, ready, before)
             return
         for i, layer in todo:
             self.plans[layer] = self._probe(i, layer)
@@ -94,12 +123,15 @@ class Step:
         cache = self.p.tiers.device_cache.caches[table]
         return LayerPlan.probe(table, cache, self.row_stack[i], self.p.lookahead, layer)
 
-    def _prepare(self, i: int, layer: int, ready) -> tuple[LayerPlan, torch.Tensor, "torch.cuda.Event"]:
+    def _prepare(self, i: int, layer: int, ready, before: CacheGate | None
+                 ) -> tuple[LayerPlan, torch.Tensor, "torch.cuda.Event"]:
         """Fetch thread, CUDA: probe, read the misses below and copy them up on the side stream;
         (the layer's plan, its missing rows on the device, an event marking both done)."""
         side, main = self.p.side_stream, torch.cuda.current_stream(self.row_stack.device)
         with torch.cuda.stream(side):
             side.wait_event(ready)
+            if before is not None:
+                before.wait(side, layer)
             plan = self._probe(i, layer)
             below = self._read_below(plan.table, plan.unique[plan.miss_at].cpu(), layer,
                                      self.p.tiers.versions[plan.table])
@@ -155,6 +187,7 @@ class Step:
         rows.index_copy_(0, plan.hit_at, cache.gather(plan.slot[plan.hit_at]))
         rows.index_copy_(0, plan.miss_at, miss_rows)
         plan.settle(miss_rows)
+        self._open(layer)
         return rows[plan.inverse].view(*self.row_ids(layer).shape, cache.row_bytes)
 
     def embeddings(self, layer: int, hash_ids: torch.Tensor, row_format, dtype: torch.dtype) -> torch.Tensor:
@@ -179,7 +212,17 @@ class Step:
         out = gather_rows(plan.cache.data, miss_rows, loc, plan.inverse, row_format.row_dtype, row_format.head_dim,
                           dtype)
         plan.cache.release(slot)
+        self._open(layer)
         return out.view(*self.row_ids(layer).shape, row_format.head_dim)
+
+    def _open(self, layer: int) -> None:
+        if layer in self.gates:
+            self.gates.pop(layer).open()
+
+    def release_gates(self) -> None:
+        for gate in self.gates.values():
+            gate.release()
+        self.gates = {}
 
     def _arrived(self, layer: int) -> tuple[LayerPlan, torch.Tensor]:
         """(the layer's plan, its missing rows on the device), once the rows have arrived; the

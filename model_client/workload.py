@@ -71,6 +71,17 @@ class RunResult:
         return self.decode_tokens / self.decode_s if self.decode_s else 0.0
 
 
+@dataclass
+class PrefillGroup:
+    """One prefill forward pass: some sequences' prompts and their views of the shared state."""
+    ids: torch.Tensor         # [b, width]
+    positions: torch.Tensor   # [b, width]
+    lengths: torch.Tensor     # [b]
+    width: int                # the longest prompt of the group: the keys its attention reads
+    state: dict               # views of the KV caches and conv states of these rows
+    lookback: LookbackState
+
+
 class Runner:
     def __init__(self, model, hasher: NgramHasher, prefetcher=None, pad_id: int = 2, states: dict | None = None,
                  decode_graph: bool | None = None):
@@ -90,13 +101,16 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _forward(self, ids, positions, state, lookback, lengths=None, keys=None):
-        """Forward entry: hash every Engram layer once (local tables: LocalStep; remote: the
-        prefetcher's Step, which also starts the fetches); the Engram layers read their rows from it."""
+    def _start(self, ids, lookback, lengths=None, refresh: bool = True):
+        """Hash every Engram layer once (local tables: LocalStep; remote: the prefetcher's Step,
+        which also starts the fetches); the Engram layers read their rows from it."""
         if self.prefetcher is not None:
-            step = self.prefetcher.start(ids, lookback, lengths)
-        else:
-            step = LocalStep(self.layers, *self.hasher.hash_and_rows(ids, lookback, lengths), self.backends)
+            return self.prefetcher.start(ids, lookback, lengths, refresh)
+        return LocalStep(self.layers, *self.hasher.hash_and_rows(ids, lookback, lengths), self.backends)
+
+    def _forward(self, ids, positions, state, lookback, lengths=None, keys=None, step=None):
+        """Forward entry (a step started ahead, or one started now)."""
+        step = step if step is not None else self._start(ids, lookback, lengths)
         engram_ids = {layer: step.hash_ids(layer) for layer in self.layers}
         return self.model(ids, positions, state, engram_ids, lengths, step, keys)
 
@@ -117,6 +131,14 @@ class Runner:
         lookback.reset(slice(None), self.hasher.pad_id)
         return state, lookback, decoder
 
+    def _group(self, ids, lengths, host_lengths, state, lookback, rows: slice) -> "PrefillGroup":
+        width = int(host_lengths[rows].max())
+        n = lengths[rows]
+        return PrefillGroup(ids[rows, :width], torch.arange(width, device=self.device).expand(len(n), width), n,
+                            width, {"kv": [(k[rows], v[rows]) for k, v in state["kv"]],
+                                    "conv": {i: c[rows] for i, c in state["conv"].items()}},
+                            LookbackState(lookback.ids[rows]))
+
     @torch.no_grad()
     def run(self, prompts: list[np.ndarray], decode_steps: int, prefill_batch: int = 0) -> RunResult:
         """Prefill every prompt (in groups of prefill_batch sequences; 0: all at once), then decode
@@ -136,16 +158,19 @@ class Runner:
         t0 = time.perf_counter()
         if self.prefetcher is not None:  # the prompts are admitted: tell the cache what is coming
             self.prefetcher.announce([ids[g:g + group, :host_lengths[g:g + group].max()] for g in range(0, B, group)])
-        for g in range(0, B, group):  # each group writes its rows of the shared caches and states
-            part_rows = slice(g, min(g + group, B))
-            n = lengths[part_rows]
-            width = int(host_lengths[part_rows].max())
-            part = ids[part_rows, :width]
-            positions = torch.arange(width, device=self.device).expand(len(n), width)
-            sub = {"kv": [(k[part_rows], v[part_rows]) for k, v in state["kv"]],
-                   "conv": {i: c[part_rows] for i, c in state["conv"].items()}}
-            sub_lookback = LookbackState(lookback.ids[part_rows])
-            logits.append(self._forward(part, positions, sub, sub_lookback, n, keys=width))
+        # on CUDA the next group's step starts before this group's forward: its hash, probes and reads
+        # run while this group computes (each device cache still sees the steps in order: step.py)
+        ahead = self.prefetcher is not None and self.prefetcher.overlaps
+        parts = [self._group(ids, lengths, host_lengths, state, lookback, slice(g, min(g + group, B)))
+                 for g in range(0, B, group)]
+        step = None
+        for k, part in enumerate(parts):  # each group writes its rows of the shared caches and states
+            step = step if step is not None else self._start(part.ids, part.lookback, part.lengths)
+            following = (self._start(parts[k + 1].ids, parts[k + 1].lookback, parts[k + 1].lengths, refresh=False)
+                         if ahead and k + 1 < len(parts) else None)
+            logits.append(self._forward(part.ids, part.positions, part.state, part.lookback, part.lengths,
+                                        keys=part.width, step=step))
+            step = following
         logits = [torch.cat(logits)]
         self._sync()
         prefill_s = time.perf_counter() - t0

@@ -103,3 +103,28 @@ def test_graph_decode_equals_eager_decode(served, ds_tokenizer, device, tier, mo
     assert (eager.lookups, eager.hits, eager.inserts, eager.evictions, eager.bypassed) == \
            (graph.lookups, graph.hits, graph.inserts, graph.evictions, graph.bypassed)
     assert eager_below == graph_below
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (on CPU a step probes at start: no overlap)")
+def test_prefill_groups_started_ahead_make_the_same_cache_decisions(served, ds_tokenizer, monkeypatch):
+    """On CUDA the next prefill group's step starts before this group's forward (Runner.run); the
+    CacheGates keep each device cache's probes and settles in step order, so the cache decides
+    exactly what one group after the other does, and the rows are the local tables' bit for bit."""
+    hasher = NgramHasher(CONFIG, ds_tokenizer)
+    local = local_model("cuda")
+    want = Runner(local, hasher, pad_id=CONFIG.pad_id).run(prompts(ds_tokenizer), decode_steps=2, prefill_batch=1)
+    got = {}
+    for ahead in (False, True):
+        with monkeypatch.context() as m:
+            if not ahead:
+                m.setattr(Prefetcher, "overlaps", property(lambda self: False))
+            prefetcher = remote_prefetcher(served, hasher, "service", "cuda")
+            try:
+                runner = Runner(remote_model(local, prefetcher, "cuda"), hasher, prefetcher, pad_id=CONFIG.pad_id)
+                result = runner.run(prompts(ds_tokenizer), decode_steps=2, prefill_batch=1)  # 4 groups
+                got[ahead] = (prefetcher.tiers.device_cache.stats(), dict(prefetcher.rows_below_device))
+                assert all(torch.equal(a, b) for a, b in zip(want.logits, result.logits)), f"ahead={ahead}"
+            finally:
+                prefetcher.close()
+    assert got[True][0].evictions > 0
+    assert got[True] == got[False]
