@@ -14,11 +14,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from memory_service.process import command
 
 from . import store as floors_mod, tables
 from .report import machine, write_rows
@@ -106,8 +107,7 @@ def measure_service(target, table, size, num_rows, clients, duration_s, shm: boo
 
 def _start_server(db: str, workers: int, *flags: str) -> tuple[subprocess.Popen, str, Path]:
     log = Path(tempfile.mkstemp(suffix=".log")[1])
-    exe = shutil.which("engram-memory") or os.path.join(os.path.dirname(sys.executable), "engram-memory")
-    proc = subprocess.Popen([exe, "serve", "--db", db, "--port", "0", "--workers", str(workers),
+    proc = subprocess.Popen([*command(), "serve", "--db", db, "--port", "0", "--workers", str(workers),
                              "--metrics-port", "0", *flags], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
