@@ -7,13 +7,15 @@ slow. RowCache's torch ops over [8,192 x 16] tensors took 8.6 ms a layer on the 
 takes that set's k-th best victim by the scores at the insert's start, pinned slots last) and
 release, as one loop over the ids, compiled with numba, on the RowCache's own arrays. It changes
 them exactly as `lookup(pin=True)`, `insert(rows=None)` and `release` do (a test holds the two equal
-under every policy). Without numba, `plan` runs those RowCache calls.
+under every policy; tinylfu's sketch too, as FrequencySketch.record and estimate). Without numba,
+`plan` runs those RowCache calls.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .frequency_sketch import _M1, _M2, _SEEDS, CAP
 from .row_cache import _GOLDEN, _MIX, NO_USE, RowCache
 
 try:
@@ -21,7 +23,7 @@ try:
 except ImportError:  # the bench extra brings numba; without it the torch ops do the same, slower
     numba = None
 
-_POLICY = {"lru": 0, "lfu": 1, "lookahead": 2}
+_POLICY = {"lru": 0, "lfu": 1, "lookahead": 2, "tinylfu": 3}
 
 
 def plan(index: RowCache, unique: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -36,11 +38,19 @@ def plan(index: RowCache, unique: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     if index.policy == "lfu" and index.tick % index.decay_every == 0:
         index.uses >>= 1
     ids = unique.numpy()
+    sketch = index.sketch
+    if sketch is not None:  # as FrequencySketch.record
+        sketch.added += _record(ids, sketch.words.numpy(), sketch.width, sketch.depth)
+        if sketch.added >= sketch.sample:
+            sketch.words.copy_((sketch.words >> 1) & 0x77777777)
+            sketch.added = 0
+    words = sketch.words.numpy() if sketch is not None else np.zeros(1, dtype=np.int32)
+    width, depth = (sketch.width, sketch.depth) if sketch is not None else (1, 1)
     hit, slot = np.zeros(len(ids), dtype=np.bool_), np.empty(len(ids), dtype=np.int64)
     miss_slots = np.empty(len(ids), dtype=np.int64)
     m = _plan(ids, index.tags.numpy(), index.stamp.numpy(), index.uses.numpy(), index.pins.numpy(),
               index.next_use.numpy(), index._counts.numpy(), index.num_sets, index.ways, index.trash, index.tick,
-              _POLICY[index.policy], hit, slot, miss_slots)
+              _POLICY[index.policy], words, width, depth, hit, slot, miss_slots)
     return torch.from_numpy(hit), torch.from_numpy(slot), torch.from_numpy(miss_slots[:m])
 
 
@@ -54,8 +64,44 @@ if numba is not None:
         return ((x >> 32) & 0x7FFFFFFF) % num_sets
 
     @numba.njit(cache=True)
+    def _counter(x, d, width):
+        z = x + (d + 1) * _SEEDS
+        z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _M1
+        z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _M2
+        z = z ^ ((z >> 31) & ((1 << 33) - 1))
+        return ((z >> 32) & 0x7FFFFFFF) % width + d * width
+
+    @numba.njit(cache=True)
+    def _estimate(x, words, width, depth):
+        least = CAP
+        for d in range(depth):
+            c = _counter(x, d, width)
+            least = min(least, (words[c >> 3] >> ((c & 7) * 4)) & CAP)
+        return least
+
+    @numba.njit(cache=True)
+    def _record(ids, words, width, depth):
+        """The batch's reads, estimates taken at its start; a counter shared in the batch grows once.
+        Returns the unsaturated reads."""
+        grow = np.empty(len(ids) * depth, dtype=np.int64)
+        g, unsaturated = 0, 0
+        for i in range(len(ids)):
+            least = _estimate(ids[i], words, width, depth)
+            if least < CAP:
+                unsaturated += 1
+                for d in range(depth):
+                    c = _counter(ids[i], d, width)
+                    if (words[c >> 3] >> ((c & 7) * 4)) & CAP == least:
+                        grow[g] = c
+                        g += 1
+        grow = np.unique(grow[:g])
+        for c in grow:
+            words[c >> 3] += np.int32(1 << ((c & 7) * 4))
+        return unsaturated
+
+    @numba.njit(cache=True)
     def _plan(ids, tags, stamp, uses, pins, next_use, counts, num_sets, ways, trash, tick, policy,
-              hit, slot, miss_slots):
+              words, width, depth, hit, slot, miss_slots):
         n = len(ids)
         misses = np.empty(n, dtype=np.int64)
         miss_sets = np.empty(n, dtype=np.int64)
@@ -79,9 +125,14 @@ if numba is not None:
             stamp[trash] = tick  # as the torch probe's index_fill_ (the trash slot: never read)
         counts[0] += n
         counts[1] += n - m
-        order = np.argsort(miss_sets[:m], kind="mergesort")   # misses grouped by set, in batch order
+        estimate = np.zeros(m, dtype=np.int64)
+        if policy == 3:  # tinylfu: a set's most often read misses first
+            for i in range(m):
+                estimate[i] = _estimate(misses[i], words, width, depth)
+        order = np.argsort(miss_sets[:m] * 16 + 15 - estimate, kind="mergesort")  # grouped by set
         ranked = np.empty(ways, dtype=np.int64)
         score = np.empty(ways, dtype=np.int64)
+        raw = np.empty(ways, dtype=np.int64)
         targets = np.empty(m, dtype=np.int64)
         k, prev, usable = 0, -1, 0
         for j in range(m):  # each set's victims ranked once, by the state at the insert's start
@@ -101,10 +152,13 @@ if numba is not None:
                             v = stamp[at]
                         elif policy == 1:
                             v = (min(uses[at], 1 << 16) << 40) | stamp[at]
+                        elif policy == 3:
+                            v = (np.int64(_estimate(tags[at], words, width, depth)) << 40) | stamp[at]
                         elif next_use[at] > tick and next_use[at] < NO_USE:
                             v = (1 << 41) + (1 << 40) - next_use[at]
                         else:
                             v = stamp[at]
+                    raw[w] = v
                     score[w] = v * ways + w
                     j2 = w  # insertion sort of the ways by score (distinct): no allocation per set
                     while j2 > 0 and score[ranked[j2 - 1]] > score[w]:
@@ -113,6 +167,8 @@ if numba is not None:
                     ranked[j2] = w
                 k, prev = 0, s
             targets[i] = s * ways + ranked[min(k, ways - 1)] if k < usable else trash
+            if policy == 3 and k < usable and raw[ranked[k]] >= ((estimate[i] << 40) | tick):
+                targets[i] = trash  # TinyLFU admission: read less often than its victim
             k += 1
         inserted = 0
         for i in range(m):

@@ -10,6 +10,10 @@ victims: empty slots first, then
   lru: least recently used;
   lfu: fewest uses, ties broken by least recent; counts halve every `decay_every` batches so that
        rows popular long ago age out (a frequency sketch with decay, per slot);
+  tinylfu: fewest recent reads by a count-min sketch of every id read (frequency_sketch.py: resident
+       or not, 32 bytes a slot), ties broken by least recent; a miss enters only if its estimate
+       beats its victim's (TinyLFU admission: a row read once does not displace one read often).
+       Measured for decode, where nothing is announced (BENCHMARKS.md, issue 17);
   lookahead: rows with no known future use first (least recent first), then rows whose next known
        use is farthest. Future uses come from `announce` (rows of batches already admitted, e.g. the
        prompts of a prefill batch) and from the next_use given with lookup/insert. With no
@@ -31,7 +35,9 @@ import torch
 
 from kernels import use_triton
 
-POLICIES = ("lru", "lfu", "lookahead")
+from .frequency_sketch import FrequencySketch
+
+POLICIES = ("lru", "lfu", "lookahead", "tinylfu")
 NO_USE = 1 << 50  # next_use of a row with no known future use
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
 _MIX = -4658895280553007687     # 0xBF58476D1CE4E5B9, splitmix64's second multiplier
@@ -87,6 +93,7 @@ class RowCache:
         self.uses = torch.zeros(n + 1, dtype=torch.int64, **at)
         self.pins = torch.zeros(n + 1, dtype=torch.int32, **at)
         self.next_use = torch.full((n + 1,), NO_USE, dtype=torch.int64, **at)  # a tick
+        self.sketch = FrequencySketch(n, self.device) if policy == "tinylfu" else None
         self.tick = 0
         self._counts = torch.zeros(6, dtype=torch.int64, device=self.device)  # lookups, hits, inserts,
         # evictions, bypassed, (unused): summed on the device, read by `stats`
@@ -120,6 +127,8 @@ class RowCache:
         if self.policy == "lfu" and self.tick % self.decay_every == 0:
             self.uses >>= 1
         ids = ids.to(self.device)
+        if self.sketch is not None:
+            self.sketch.record(ids)
         if self._kernels(ids):
             from kernels import cache
             return cache.probe(self, ids, pin, None if next_use is None else next_use.to(self.device))
@@ -152,15 +161,19 @@ class RowCache:
             from kernels import cache
             return cache.insert(self, ids, rows, pin, None if next_use is None else next_use.to(self.device))
         sets = self.set_of(ids)
-        order = torch.argsort(sets, stable=True)                            # misses grouped by set
+        estimate = None if self.sketch is None else self.sketch.estimate(ids)
+        # misses grouped by set (tinylfu: most often read first, so the k-th best meets the k-th victim)
+        order = torch.argsort(sets if estimate is None else sets * 16 + 15 - estimate, stable=True)
         sorted_sets = sets[order]
         position = torch.arange(n, device=self.device)
         starts = torch.ones(n, dtype=torch.bool, device=self.device)
         starts[1:] = sorted_sets[1:] != sorted_sets[:-1]
         first = torch.cummax(torch.where(starts, position, 0), dim=0).values
         rank = position - first                                             # k-th miss of its set
-        chosen, usable = self._victims(sorted_sets, rank.clamp(max=self.ways - 1))
+        chosen, usable, victim_score = self._victims(sorted_sets, rank.clamp(max=self.ways - 1))
         ok = rank < usable
+        if estimate is not None:  # admission: a miss scores (estimate, this tick); a tie stays
+            ok &= victim_score < ((estimate[order] << 40) | self.tick)
         target = torch.where(ok, chosen, self.trash)
         self._counts[3] += ((self.tags[chosen] >= 0) & ok).sum()
         self.tags.index_copy_(0, target, ids[order])   # index_* ops: the fast paths on CPU and GPU
@@ -185,7 +198,8 @@ class RowCache:
 
     def _kernels(self, ids: torch.Tensor) -> bool:
         """Triton kernels for CUDA caches (kernels.cache), these PyTorch ops (the reference) elsewhere."""
-        return self.kernels and use_triton(ids) and self.ways & (self.ways - 1) == 0
+        return (self.kernels and use_triton(ids) and self.ways & (self.ways - 1) == 0
+                and self.sketch is None)  # tinylfu: these torch ops on every device
 
     def _rows_of(self, per_slot: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
         """[S, W]: a per-slot array's values for each set's ways; one contiguous row per set, so an
@@ -193,7 +207,8 @@ class RowCache:
         return per_slot[:-1].view(self.num_sets, self.ways).index_select(0, sets)
 
     def _victims(self, sets: torch.Tensor, rank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the rank-th best victim slot of each set [S], the number of unpinned slots of each set)."""
+        """(the rank-th best victim slot of each set [S], the number of unpinned slots of each set, and
+        that victim's score: -1 empty, else the policy's key)."""
         score, usable = self._victim_scores(sets)
         if self.device.type != "cpu":
             way = torch.gather(torch.argsort(score, dim=1), 1, rank[:, None]).squeeze(1)
@@ -203,7 +218,8 @@ class RowCache:
             deeper = (rank > 0).nonzero().squeeze(1)
             if len(deeper):
                 way[deeper] = torch.gather(torch.argsort(score[deeper], dim=1), 1, rank[deeper, None]).squeeze(1)
-        return sets * self.ways + way, usable
+        victim_score = torch.gather(score, 1, way[:, None]).squeeze(1) // self.ways   # floor: -1 stays -1
+        return sets * self.ways + way, usable, victim_score
 
     def _victim_scores(self, sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(each set's ways scored [S, W], distinct, lower = evicted first, pinned slots last; and the
@@ -213,6 +229,8 @@ class RowCache:
             score = self._rows_of(self.stamp, sets)
         elif self.policy == "lfu":  # uses first, then recency (stamps stay below 2**40, uses capped at 2**16)
             score = (self._rows_of(self.uses, sets).clamp(max=1 << 16) << 40) | self._rows_of(self.stamp, sets)
+        elif self.policy == "tinylfu":  # estimated reads first, then recency
+            score = (self.sketch.estimate(self._rows_of(self.tags, sets)) << 40) | self._rows_of(self.stamp, sets)
         else:  # lookahead: unknown future first by recency, then known uses, farthest first
             upcoming = self._rows_of(self.next_use, sets)
             known = (upcoming > self.tick) & (upcoming < NO_USE)
@@ -252,9 +270,11 @@ class RowCache:
         back after. Only what the policy reads moves (LRU: 8 of 33 bytes a slot besides the tags)."""
         if (other.num_sets, other.ways, other.policy) != (self.num_sets, self.ways, self.policy):
             raise ValueError("load_index needs a cache of the same sets, ways and policy")
-        policy_state = {"lru": (), "lfu": ("uses",), "lookahead": ("next_use",)}[self.policy]
+        policy_state = {"lru": (), "lfu": ("uses",), "lookahead": ("next_use",), "tinylfu": ()}[self.policy]
         for name in ("tags", "stamp", "pins", *policy_state, "_counts"):
             getattr(self, name).copy_(getattr(other, name), non_blocking=non_blocking)
+        if self.sketch is not None:
+            self.sketch.load(other.sketch, non_blocking)
         self.tick = other.tick
 
     def clear(self) -> None:
@@ -264,6 +284,8 @@ class RowCache:
         self.uses.zero_()
         self.stamp.zero_()
         self.next_use.fill_(NO_USE)
+        if self.sketch is not None:
+            self.sketch.clear()
 
     def contains(self, ids: torch.Tensor) -> torch.Tensor:
         """Presence without touching anything (for tests and tools)."""

@@ -17,12 +17,13 @@ def torch_plan(cache, unique):
     return hit, slot, miss_slots
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu", "lookahead"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "lookahead", "tinylfu"])
 def test_host_index_equals_row_cache(policy):
     make = lambda: RowCache(64 * 16 * 8, 8, "cpu", policy, ways=16, decay_every=3, kernels=False, rows=False)  # noqa: E731
     a, b = make(), make()
     rng = np.random.default_rng(1)
-    for step in range(40):
+    halved, added = policy != "tinylfu", 0
+    for step in range(60):
         # a hot set and a long tail: hits, misses, full sets (bypasses) and evictions all happen
         ids = np.concatenate([rng.integers(0, 400, 300), rng.integers(0, 5000, 500)])
         unique = torch.unique(torch.from_numpy(ids))
@@ -35,6 +36,11 @@ def test_host_index_equals_row_cache(policy):
         for name in ("tags", "stamp", "uses", "pins", "next_use"):  # the trash slot is scratch: not compared
             assert torch.equal(getattr(a, name)[:-1], getattr(b, name)[:-1]), (step, name)
         assert torch.equal(a._counts, b._counts) and a.tick == b.tick
+        if policy == "tinylfu":
+            assert torch.equal(a.sketch.words[:-1], b.sketch.words[:-1]) and a.sketch.added == b.sketch.added
+            halved = halved or a.sketch.added < added  # every 40 x 512 slots reads: at least once
+            added = a.sketch.added
     stats = b.stats
+    assert halved
     assert stats.hits and stats.evictions and stats.bypassed  # every branch of the insert ran
     assert (b.next_use[:-1] == NO_USE).any()

@@ -5,6 +5,8 @@ import torch
 
 from model_client.row_cache import RowCache
 
+from tests.model_client.test_frequency_sketch import ReferenceSketch
+
 GOLDEN, MIX, M64 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 2**64 - 1
 
 
@@ -24,6 +26,14 @@ class Reference:
         self.num_sets, self.ways, self.policy, self.decay = num_sets, ways, policy, decay_every
         self.slots = [dict(tag=-1, stamp=0, uses=0, pins=0) for _ in range(num_sets * ways)]
         self.tick = self.hits = self.evictions = self.bypassed = 0
+        self.sketch = ReferenceSketch(num_sets * ways) if policy == "tinylfu" else None
+
+    def key(self, slot):
+        if self.policy == "lru":
+            return slot["stamp"]
+        if self.policy == "lfu":
+            return (slot["uses"] << 40) | slot["stamp"]
+        return (self.sketch.estimate(slot["tag"]) << 40) | slot["stamp"]   # tinylfu
 
     def where(self, row):
         s = set_of(row, self.num_sets)
@@ -38,6 +48,8 @@ class Reference:
             for slot in self.slots:
                 slot["uses"] >>= 1
         misses, pinned = [], []
+        if self.sketch:
+            self.sketch.record(rows)
         for row in rows:
             k = self.where(row)
             if k is None:
@@ -49,6 +61,8 @@ class Reference:
                 self.slots[k]["pins"] += 1
                 pinned.append(k)
         order, taken = {}, {}
+        if self.sketch:  # the most often read misses of a set meet its victims first
+            misses.sort(key=lambda row: (set_of(row, self.num_sets), -self.sketch.estimate(row)))
         for row in misses:
             s = set_of(row, self.num_sets)
             if s not in order:
@@ -58,8 +72,7 @@ class Reference:
                         return (2, 0, w)
                     if slot["tag"] < 0:
                         return (0, 0, w)
-                    key = slot["stamp"] if self.policy == "lru" else (slot["uses"] << 40) | slot["stamp"]
-                    return (1, key, w)
+                    return (1, self.key(slot), w)
                 ranked = sorted(range(self.ways), key=score)
                 order[s] = [w for w in ranked if not self.slots[s * self.ways + w]["pins"]]
                 taken[s] = 0
@@ -68,6 +81,10 @@ class Reference:
                 continue
             k = s * self.ways + order[s][taken[s]]
             taken[s] += 1
+            victim = self.slots[k]
+            if self.sketch and victim["tag"] >= 0 and self.key(victim) >= (self.sketch.estimate(row) << 40) | self.tick:
+                self.bypassed += 1   # TinyLFU admission: read less often than its victim
+                continue
             self.evictions += self.slots[k]["tag"] >= 0
             self.slots[k] = dict(tag=row, stamp=self.tick, uses=1, pins=1 if pin else 0)
             if pin:
@@ -89,7 +106,7 @@ def trace(seed, batches=300, universe=3000):
             for _ in range(batches)]
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "tinylfu"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_hit_counts_equal_the_brute_force_reference(policy, seed):
     cache = RowCache(capacity_bytes=8 * 4 * 16, row_bytes=16, policy=policy, ways=4, decay_every=7)
@@ -103,9 +120,11 @@ def test_hit_counts_equal_the_brute_force_reference(policy, seed):
     assert cache.stats.hits == ref.hits and cache.stats.evictions == ref.evictions
     assert cache.stats.lookups == sum(len(b) for b in trace(seed))
     assert cache.stats.hits > 0 and cache.stats.evictions > 0
+    if policy == "tinylfu":
+        assert cache.stats.bypassed == ref.bypassed > 0 and cache.sketch.added == ref.sketch.added
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "tinylfu"])
 def test_pinned_rows_survive_pressure_and_misses_bypass(policy):
     """Steps keep their rows pinned while later prefetches insert: the reference agrees on every
     count, and no pinned row is ever evicted or overwritten."""
@@ -152,7 +171,7 @@ def test_stats_and_contains():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "tinylfu"])
 def test_cuda_cache_equals_the_reference(policy):
     cache = RowCache(capacity_bytes=8 * 4 * 16, row_bytes=16, device="cuda", policy=policy, ways=4, decay_every=7)
     ref = Reference(cache.num_sets, cache.ways, policy, 7)
