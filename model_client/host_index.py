@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .frequency_sketch import _M1, _M2, _SEEDS, CAP
-from .row_cache import _GOLDEN, _MIX, NO_USE, RowCache
+from .row_cache import _GOLDEN, _MIX, RowCache
+from .victim_order import KNOWN, NO_USE
 
 try:
     import numba
@@ -152,6 +153,8 @@ if numba is not None:
                             v = stamp[at]
                         elif policy == 1:
                             v = (min(uses[at], 1 << 16) << 40) | stamp[at]
+                        elif policy == 3 and next_use[at] > tick and next_use[at] < NO_USE:
+                            v = KNOWN - next_use[at]   # tinylfu: an announced use first
                         elif policy == 3:
                             v = (np.int64(_estimate(tags[at], words, width, depth)) << 40) | stamp[at]
                         elif next_use[at] > tick and next_use[at] < NO_USE:

@@ -5,7 +5,7 @@ they will start: e.g. the prefill groups of a batch of prompts). Each pass ticks
 once, so pass k of the announcement reads its rows at tick `cache.tick + k`. The cache hears of each
 row's uses (RowCache.announce) and evicts rows with no known use first, then the ones needed
 farthest ahead; at a probe the step asks `next_use` for its misses' next announced use after this
-pass, which the cache keeps with the row when it inserts it. Only the lookahead policy listens.
+pass, which the cache keeps with the row when it inserts it. The lookahead and tinylfu policies listen.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Lookahead:
         self.layers = list(tables)
         self.future: dict[int, torch.Tensor] = {}  # per layer: sorted id * TICKS + tick of announced uses
         caches = list(device_cache.caches.values())
-        self.enabled = bool(caches) and caches[0].policy == "lookahead"
+        self.enabled = bool(caches) and caches[0].policy in ("lookahead", "tinylfu")
 
     def announce(self, batches: list[torch.Tensor]) -> None:
         if not self.enabled:

@@ -10,10 +10,13 @@ victims: empty slots first, then
   lru: least recently used;
   lfu: fewest uses, ties broken by least recent; counts halve every `decay_every` batches so that
        rows popular long ago age out (a frequency sketch with decay, per slot);
-  tinylfu: fewest recent reads by a count-min sketch of every id read (frequency_sketch.py: resident
-       or not, 32 bytes a slot), ties broken by least recent; a miss enters only if its estimate
-       beats its victim's (TinyLFU admission: a row read once does not displace one read often).
-       Measured for decode, where nothing is announced (BENCHMARKS.md, issue 17);
+  tinylfu: rows with an announced use (as lookahead) are kept over all others, the soonest needed
+       longest; the others by fewest recent reads in a count-min sketch of every id read
+       (frequency_sketch.py: resident or not, 32 bytes a slot), then least recent. A miss scores
+       the same way (its announced next use, else its estimate at this tick); the k-th best miss of
+       a set meets the set's k-th victim and enters only if it scores higher (TinyLFU admission: a
+       row read once does not displace one read often). Decode announces nothing: frequency alone
+       (BENCHMARKS.md, issue 17);
   lookahead: rows with no known future use first (least recent first), then rows whose next known
        use is farthest. Future uses come from `announce` (rows of batches already admitted, e.g. the
        prompts of a prefill batch) and from the next_use given with lookup/insert. With no
@@ -36,9 +39,9 @@ import torch
 from kernels import use_triton
 
 from .frequency_sketch import FrequencySketch
+from .victim_order import NO_USE, miss_scores, policy_scores
 
 POLICIES = ("lru", "lfu", "lookahead", "tinylfu")
-NO_USE = 1 << 50  # next_use of a row with no known future use
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
 _MIX = -4658895280553007687     # 0xBF58476D1CE4E5B9, splitmix64's second multiplier
 
@@ -161,9 +164,11 @@ class RowCache:
             from kernels import cache
             return cache.insert(self, ids, rows, pin, None if next_use is None else next_use.to(self.device))
         sets = self.set_of(ids)
-        estimate = None if self.sketch is None else self.sketch.estimate(ids)
-        # misses grouped by set (tinylfu: most often read first, so the k-th best meets the k-th victim)
-        order = torch.argsort(sets if estimate is None else sets * 16 + 15 - estimate, stable=True)
+        order = torch.argsort(sets, stable=True)                            # misses grouped by set
+        if self.sketch is not None:  # tinylfu: the best first within a set, to meet the first victim
+            merit = miss_scores(self, ids, next_use)
+            best_first = torch.argsort(merit, descending=True, stable=True)
+            order = best_first[torch.argsort(sets[best_first], stable=True)]
         sorted_sets = sets[order]
         position = torch.arange(n, device=self.device)
         starts = torch.ones(n, dtype=torch.bool, device=self.device)
@@ -172,8 +177,8 @@ class RowCache:
         rank = position - first                                             # k-th miss of its set
         chosen, usable, victim_score = self._victims(sorted_sets, rank.clamp(max=self.ways - 1))
         ok = rank < usable
-        if estimate is not None:  # admission: a miss scores (estimate, this tick); a tie stays
-            ok &= victim_score < ((estimate[order] << 40) | self.tick)
+        if self.sketch is not None:  # admission: only a miss that outscores its victim (a tie stays)
+            ok &= victim_score < merit[order]
         target = torch.where(ok, chosen, self.trash)
         self._counts[3] += ((self.tags[chosen] >= 0) & ok).sum()
         self.tags.index_copy_(0, target, ids[order])   # index_* ops: the fast paths on CPU and GPU
@@ -225,16 +230,7 @@ class RowCache:
         """(each set's ways scored [S, W], distinct, lower = evicted first, pinned slots last; and the
         number of unpinned slots of each set)."""
         pinned = self._rows_of(self.pins, sets) > 0
-        if self.policy == "lru":
-            score = self._rows_of(self.stamp, sets)
-        elif self.policy == "lfu":  # uses first, then recency (stamps stay below 2**40, uses capped at 2**16)
-            score = (self._rows_of(self.uses, sets).clamp(max=1 << 16) << 40) | self._rows_of(self.stamp, sets)
-        elif self.policy == "tinylfu":  # estimated reads first, then recency
-            score = (self.sketch.estimate(self._rows_of(self.tags, sets)) << 40) | self._rows_of(self.stamp, sets)
-        else:  # lookahead: unknown future first by recency, then known uses, farthest first
-            upcoming = self._rows_of(self.next_use, sets)
-            known = (upcoming > self.tick) & (upcoming < NO_USE)
-            score = torch.where(known, (1 << 41) + (1 << 40) - upcoming, self._rows_of(self.stamp, sets))
+        score = policy_scores(self, sets)
         score = torch.where(self._rows_of(self.tags, sets) < 0, -1, score)
         score = torch.where(pinned, 1 << 57, score)
         # way index in the low bits: scores are distinct, so a plain (faster) argsort orders them as a
@@ -270,7 +266,7 @@ class RowCache:
         back after. Only what the policy reads moves (LRU: 8 of 33 bytes a slot besides the tags)."""
         if (other.num_sets, other.ways, other.policy) != (self.num_sets, self.ways, self.policy):
             raise ValueError("load_index needs a cache of the same sets, ways and policy")
-        policy_state = {"lru": (), "lfu": ("uses",), "lookahead": ("next_use",), "tinylfu": ()}[self.policy]
+        policy_state = {"lru": (), "lfu": ("uses",), "lookahead": ("next_use",), "tinylfu": ("next_use",)}[self.policy]
         for name in ("tags", "stamp", "pins", *policy_state, "_counts"):
             getattr(self, name).copy_(getattr(other, name), non_blocking=non_blocking)
         if self.sketch is not None:

@@ -26,7 +26,7 @@ def test_cache_kernels_equal_reference(policy, device):
         ids = torch.unique(torch.randint(0, 300, (120,), generator=g))
         ids = ids[torch.randperm(len(ids), generator=g)]
         upcoming = None
-        if policy == "lookahead":
+        if policy in ("lookahead", "tinylfu"):
             soon = torch.randint(step + 1, step + 30, (len(ids),), generator=g)
             upcoming = torch.where(torch.rand(len(ids), generator=g) < 0.5, soon, NO_USE)
         pin = step % 3 == 0

@@ -27,7 +27,7 @@ def test_host_index_equals_row_cache(policy):
         # a hot set and a long tail: hits, misses, full sets (bypasses) and evictions all happen
         ids = np.concatenate([rng.integers(0, 400, 300), rng.integers(0, 5000, 500)])
         unique = torch.unique(torch.from_numpy(ids))
-        if policy == "lookahead" and step % 5 == 0:  # some announced future uses to order by
+        if policy in ("lookahead", "tinylfu") and step % 5 == 0:  # some announced future uses to order by
             for cache in (a, b):
                 cache.announce(unique[::7], cache.tick + 3)
         want, got = torch_plan(a, unique), host_index.plan(b, unique)

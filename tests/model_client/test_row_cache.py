@@ -181,3 +181,26 @@ def test_cuda_cache_equals_the_reference(policy):
         cache.insert(ids[~hit], torch.zeros(int((~hit).sum()), 16, dtype=torch.uint8, device="cuda"))
         ref.batch([int(x) for x in batch])
     assert cache.stats.hits == ref.hits and cache.stats.evictions == ref.evictions
+
+
+def test_tinylfu_keeps_announced_rows_and_admits_by_merit():
+    """One set of 4 ways: a row announced for a later pass outlives rows read more often; a miss
+    announced soon displaces a frequent row; a miss read once does not displace a frequent row."""
+    cache = RowCache(capacity_bytes=4 * 8, row_bytes=8, policy="tinylfu", ways=4, rows=False)
+    hot = torch.tensor([1, 2, 3], dtype=torch.int64)
+    for _ in range(5):  # rows 1-3 read five times, row 4 once
+        hit, _ = cache.lookup(hot)
+        cache.insert(hot[~hit], None)
+    hit, _ = cache.lookup(torch.tensor([4]))
+    cache.insert(torch.tensor([4])[~hit], None)
+    assert cache.contains(torch.tensor([1, 2, 3, 4])).all()
+    cache.announce(torch.tensor([4]), cache.tick + 3)
+    newcomer = torch.tensor([99])   # read once: loses to every resident, not cached
+    hit, _ = cache.lookup(newcomer)
+    inserted, _ = cache.insert(newcomer[~hit], None)
+    assert not inserted.any() and cache.stats.bypassed == 1
+    soon = torch.tensor([77])       # announced for the next pass: displaces the least read unannounced row
+    hit, _ = cache.lookup(soon)
+    inserted, _ = cache.insert(soon[~hit], None, next_use=torch.tensor([cache.tick + 1]))
+    assert inserted.all()
+    assert cache.contains(torch.tensor([4, 77])).all() and int(cache.contains(hot).sum()) == 2
