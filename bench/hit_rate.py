@@ -58,7 +58,7 @@ class HitRateConfig:
     group: int = field(default=64, metadata={"help": "prefill: prompts per forward pass (the paper workload's 64)"})
     admit: int = field(default=512, metadata={"help": "prefill: prompts admitted (and announced) together"})
     streams: int = field(default=64, metadata={"help": "decode: sequences stepping together"})
-    policies: list[str] = field(default_factory=lambda: ["lru", "lfu", "lookahead"], metadata={
+    policies: list[str] = field(default_factory=lambda: ["lru", "lfu", "lookahead", "tinylfu"], metadata={
         "help": "RowCache policies of the prefill and decode modes"})
     processes: int = field(default=2, metadata={"help": "jobs run in parallel"})
     replot: str = field(default="", metadata={

@@ -27,7 +27,7 @@ def store(tmp_path_factory):
     return db
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu", "lookahead"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "lookahead", "tinylfu"])
 def test_replay_counts_what_serving_counts(store, ds_tokenizer, policy):
     hasher = NgramHasher(CONFIG, ds_tokenizer)
     text = real_text_ids(ds_tokenizer, "en")
