@@ -198,7 +198,8 @@ def run(cfg: HitRateConfig) -> int:
         from .hit_rate_plot import replot
         return replot(cfg.replot)
     import importlib
-    for module in ("numba", "matplotlib"):  # before the pool: a missing extra is one clear line
+    plots = ("matplotlib",) if "token" in cfg.modes else ()  # only the token mode draws
+    for module in ("numba", *plots):  # before the pool: a missing extra is one clear line
         importlib.import_module(module)
     cfg = default_corpora(cfg)
     config = EngramConfig.load(cfg.config)
