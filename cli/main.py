@@ -43,6 +43,17 @@ COMMANDS = {
     "drop": ("memory_service.info:DropConfig", "memory_service.info:run_drop",
              "remove one table version (a partial load, an old version)",
              "Remove one version of a table and free its rows."),
+    "train": ("training.train_config:TrainConfig", "training.trainer:run",
+              "train the demo backbone with Engram tables sharded over processes",
+              "Train the demo backbone with Engram layers on the shared corpora (DeepSeek-V3 tokenizer, "
+              "validation held out by document). Each process owns 1/N of every table's rows (gloo on "
+              "CPU, NCCL on GPU): a step sends each row id to its owner, gathers the rows and returns "
+              "their gradients, and the owner takes a sparse Adam step. Writes safetensors shards + "
+              "an index that `load --from` reads, resumable train state and metrics.json."),
+    "merge": ("training.checkpoint_writer:MergeConfig", "training.checkpoint_writer:run_merge",
+              "stitch a sharded training checkpoint into one safetensors file",
+              "Read a checkpoint's model.safetensors.index.json and write one .safetensors file with "
+              "every tensor whole (the tables' row shards in order) and the same metadata."),
 }
 BENCHES = {
     "hashing": ("bench.hashing:HashingBenchConfig", "bench.hashing:run",

@@ -1,24 +1,21 @@
 """Row sources for loading tables: seeded random init, safetensors and torch checkpoints.
 
 A source yields float32 rows [start, stop) of one layer's table without reading the whole tensor:
-safetensors files are parsed by hand (8-byte header length, JSON header, raw data) and memory-mapped,
-so a 30 GB checkpoint loads in bounded memory and without torch; `.pt`/`.bin` files go through
+safetensors files (one, or the shards of `engram-memory train` through their index) are parsed by
+core.checkpoint_format and memory-mapped, so a 30 GB checkpoint loads in bounded memory and without
+torch; `.pt`/`.bin` files go through
 `torch.load(mmap=True)` when torch is installed.
 """
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 
+from core import checkpoint_format
 from core.table_init import seeded_rows
 
-DEFAULT_TENSOR = "layers.{L}.engram.multi_head_embedding.embedding.weight"
-_SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
-                       "F64": np.dtype("<f8")}
+DEFAULT_TENSOR = checkpoint_format.TABLE_TENSOR
 
 
 class RandomRows:
@@ -31,48 +28,55 @@ class RandomRows:
 
 
 class CheckpointRows:
-    """One [num_rows, head_dim] tensor of a checkpoint, read a row range at a time."""
+    """One [num_rows, head_dim] tensor of a checkpoint, read a row range at a time: a .safetensors
+    file, the index of a sharded one (the table's row shards stitched in order), or a torch file."""
 
     def __init__(self, path: str | Path, tensor: str, num_rows: int, head_dim: int):
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"checkpoint {path} does not exist")
         self.description = f"checkpoint {path} tensor {tensor}"
-        if path.suffix == ".safetensors":
-            self.array = _safetensors_tensor(path, tensor)
+        if path.name.endswith(".json"):
+            self.parts = _row_shards(path, tensor, head_dim)
+        elif path.suffix == ".safetensors":
+            self.parts = [(0, checkpoint_format.tensor(path, tensor))]
         else:
-            self.array = _torch_tensor(path, tensor)
-        if tuple(self.array.shape) != (num_rows, head_dim):
-            raise ValueError(f"checkpoint tensor {tensor} has shape {list(self.array.shape)}; this "
+            self.parts = [(0, _torch_tensor(path, tensor))]
+        last_start, last = self.parts[-1]
+        shape = [last_start + last.shape[0], *last.shape[1:]] if len(last.shape) else []
+        if tuple(shape) != (num_rows, head_dim):
+            raise ValueError(f"checkpoint tensor {tensor} has shape {shape}; this "
                              f"layer's table needs [{num_rows}, {head_dim}] (sum of its prime sub-table "
                              "sizes x head_dim): was it trained with another EngramConfig?")
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        block = self.array[start:stop]
-        if not isinstance(block, np.ndarray):  # a torch tensor
-            block = block.float().numpy()
-        return np.asarray(block, dtype=np.float32)
+        blocks = []
+        for first, array in self.parts:
+            lo, hi = max(start, first), min(stop, first + array.shape[0])
+            if lo < hi:
+                block = array[lo - first:hi - first]
+                if not isinstance(block, np.ndarray):  # a torch tensor
+                    block = block.float().numpy()
+                blocks.append(np.asarray(block, dtype=np.float32))
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
-def _safetensors_tensor(path: Path, name: str) -> np.ndarray:
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > 100 << 20:
-            raise ValueError(f"{path} is not a safetensors file (header of {header_len} bytes)")
-        header = json.loads(f.read(header_len))
-    if name not in header:
-        names = [k for k in header if k != "__metadata__"]
-        hint = [k for k in names if "engram" in k][:6] or names[:6]
-        raise ValueError(f"checkpoint {path} has no tensor {name!r} (some tensors: {', '.join(hint)})")
-    info = header[name]
-    if info["dtype"] not in _SAFETENSORS_DTYPES:
-        raise ValueError(f"tensor {name} has dtype {info['dtype']}; supported: {', '.join(_SAFETENSORS_DTYPES)}")
-    dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-    begin, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    if end - begin != int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"tensor {name} in {path}: data size does not match its shape {list(shape)}")
-    return np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + begin, shape=shape)
+def _row_shards(index_path: Path, name: str, head_dim: int) -> list:
+    """[(first row, array)] of a sharded checkpoint's table, in row order, each shard checked."""
+    index = checkpoint_format.read_index(index_path)
+    if name in index["weight_map"]:
+        return [(0, checkpoint_format.tensor(index_path.parent / index["weight_map"][name], name))]
+    if name not in index["row_shards"]:
+        tables = ", ".join(list(index["row_shards"])[:6]) or "none"
+        raise ValueError(f"checkpoint {index_path} has no tensor {name!r} (tables: {tables})")
+    parts = []
+    for part in index["row_shards"][name]:
+        array = checkpoint_format.tensor(index_path.parent / part["file"], name)
+        if tuple(array.shape) != (part["stop"] - part["start"], head_dim):
+            raise ValueError(f"checkpoint tensor {name} in {part['file']} has shape {list(array.shape)}; the index "
+                             f"gives it rows [{part['start']}, {part['stop']}) of {head_dim} values")
+        parts.append((part["start"], array))
+    return parts
 
 
 def _torch_tensor(path: Path, name: str):

@@ -6,14 +6,16 @@ Memory stays bounded by a few 16 MiB chunks whatever the table size.
 """
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lmdb
 from tqdm import tqdm
 
-from core import row_check
+from core import checkpoint_format, row_check
 from core.config import ROW_DTYPES, EngramConfig
 from core.geometry import TableGeometry
 from core.manifest import TableManifest, table_name
@@ -91,8 +93,10 @@ class LoadConfig:
     tls_ca: str = field(default="", metadata={"help": "with --target: PEM CA that signed the service's certificate"})
     wait_s: float = field(default=0.0, metadata={
         "help": "with --target: keep trying this many seconds while the service is not up yet"})
-    config: str = field(default="demo", metadata={
-        "help": "EngramConfig preset (demo, paper-27b, paper-40b, deepseek-v4.1) or JSON file"})
+    config: str = field(default="", metadata={
+        "help": "EngramConfig preset (demo, paper-27b, paper-40b, deepseek-v4.1) or JSON file (default: the "
+                "config a --from checkpoint of `engram-memory train` records, else demo); a config that "
+                "differs from the checkpoint's is refused"})
     checkpoint: str = field(default="", metadata={
         "flag": "--from", "metavar": "CKPT",
         "help": "checkpoint with one [rows, head_dim] embedding per Engram layer (.safetensors; "
@@ -151,10 +155,31 @@ class LoadConfig:
             raise ValueError(f"LoadConfig.tensor must contain {{L}} for the layer id (got {self.tensor!r})")
 
 
+def load_config(name: str, checkpoint: str) -> EngramConfig:
+    """The EngramConfig to load with: --config, else the checkpoint's; both given, they must agree
+    (but for row_dtype, a storage choice)."""
+    trained = None
+    if checkpoint and Path(checkpoint).is_file() and (checkpoint.endswith(".json") or checkpoint.endswith(".safetensors")):
+        recorded = checkpoint_format.metadata(checkpoint).get("engram_config")
+        if recorded:
+            trained = EngramConfig.from_dict(json.loads(recorded))
+    if not name:
+        return trained or EngramConfig.preset("demo")
+    chosen = EngramConfig.load(name)
+    if trained is not None:
+        differ = [k for k, v in trained.to_dict().items() if k != "row_dtype" and chosen.to_dict()[k] != v]
+        if differ:
+            detail = "; ".join(f"{k}: checkpoint {trained.to_dict()[k]!r}, --config {chosen.to_dict()[k]!r}"
+                               for k in differ)
+            raise ValueError(f"--config {name} differs from the config checkpoint {checkpoint} was trained with "
+                             f"({detail}); leave --config out to use the checkpoint's")
+    return chosen
+
+
 def run_load(cfg: LoadConfig) -> int:
     from core.tokenizer import CompressedTokenizer
 
-    config = EngramConfig.load(cfg.config)
+    config = load_config(cfg.config, cfg.checkpoint)
     if cfg.dtype:
         config = config.replace(row_dtype=cfg.dtype)
     layers = cfg.layers or config.layer_ids

@@ -71,9 +71,17 @@ class Block(nn.Module):
         first `keys` positions, causal by position) or int [B] (decode, T = 1: each row's own length)."""
         if self.engram is not None:
             x = x + self.engram(x, engram_ids, conv_state, lengths, step)
+        return self.mix(x, positions, kv, keys)
+
+    def mix(self, x, positions, kv, keys=None):
+        """Attention and MLP over the branches' mean, added to every branch. kv None: training (the
+        whole sequence, causal, no cache)."""
         h = x.mean(dim=2)
         B, T, D = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if kv is None:  # training: the whole sequence at once, no cache
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self._mlp(x, h, a)
         k_cache, v_cache = kv
         rows = torch.arange(B, device=h.device)[:, None].expand(B, T)
         k_cache[rows, :, positions] = k.transpose(1, 2)
@@ -87,6 +95,10 @@ class Block(nn.Module):
             else:
                 attend = decode_attention_reference
             a = attend(q[:, :, 0], k_cache, v_cache, keys)[:, :, None]
+        return self._mlp(x, h, a)
+
+    def _mlp(self, x, h, a):
+        B, T, D = h.shape
         delta = self.out(a.transpose(1, 2).reshape(B, T, D))
         delta = delta + self.fc2(F.gelu(self.fc1(self.norm2(h + delta))))
         return x + delta.unsqueeze(2)
@@ -128,6 +140,20 @@ class DemoModel(nn.Module):
         x = self.embed_tokens(input_ids, positions)
         x = self.run_blocks(x, 0, len(self.blocks), positions, state, engram_ids, lengths, step, keys)
         return self.logits(x, lengths)
+
+    def forward_train(self, input_ids, step=None, engram_ids=None):
+        """Logits [B, T, vocab] at every position of whole sequences [B, T] (training; no caches).
+        step: where the Engram layers read their rows (training/table_rows.py); engram_ids: {layer:
+        [B, T, C]} hash indices. An Engram layer left out of engram_ids (ablation) adds nothing."""
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)[None].expand(input_ids.shape[0], T)
+        x = self.embed_tokens(input_ids, positions)
+        engram_ids = engram_ids or {}
+        for i, block in enumerate(self.blocks):
+            if block.engram is not None and i in engram_ids:
+                x = x + block.engram(x, engram_ids[i], step=step)
+            x = block.mix(x, positions, None)
+        return self.head(self.norm(x.mean(dim=2)))
 
     def embed_tokens(self, input_ids, positions):
         x = self.embed(input_ids) + self.pos(positions)

@@ -169,7 +169,7 @@ class Engram(nn.Module):
         if h.dim() != 4 or h.shape[2] != cfg.hc_mult or h.shape[3] != cfg.hidden_size:
             raise ValueError(f"hidden_states must be [B, T, hc_mult={cfg.hc_mult}, "
                              f"hidden_size={cfg.hidden_size}]; got {tuple(h.shape)}")
-        if h.dtype != self.dtype:
+        if h.dtype != self.dtype and not torch.is_autocast_enabled(h.device.type):  # training: bf16 autocast
             raise TypeError(f"hidden_states dtype {h.dtype} differs from the module's {self.dtype}; "
                             "cast one of them")
         if hash_ids.dtype.is_floating_point or hash_ids.dtype == torch.bool:

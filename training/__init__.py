@@ -1,0 +1,1 @@
+"""Training an Engram model: tables sharded by rows over torch.distributed processes."""

@@ -1,0 +1,77 @@
+"""TokenWindows: the corpora as fixed-length token windows, split into training and validation by document.
+
+A document is `doc_lines` consecutive lines of one file (the corpora keep one sentence or paragraph
+per line, with no document marks); document k of file f is held out for validation when
+crc32(f's name, k) % 20 == 0 (5%, stable across runs and machines). Each split's documents are
+tokenized with the DeepSeek-V3 tokenizer, concatenated per file and cut into windows of seq_len
+tokens. The training windows are visited in a seeded random order, a permutation per epoch; step s
+of a run reads windows [s * batch, (s + 1) * batch) of that order, rank r its r-th slice, so a
+resumed run and a run with another world size read the same tokens.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from core.corpus import corpora_dir, read_lines
+
+HELD_OUT = 20
+
+
+def corpus_files(names: list[str]) -> list[Path]:
+    """Text files named in the shared corpora or as paths; a directory gives its *.txt files."""
+    files = []
+    for name in names:
+        base = corpora_dir()
+        path = Path(name) if Path(name).exists() or base is None else base / name
+        if not path.exists():
+            raise ValueError(f"--corpora: {name} is neither a path nor in the shared corpora ({base or 'not found'})")
+        files += sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"--corpora {' '.join(names)}: no .txt files")
+    return files
+
+
+class TokenWindows:
+    def __init__(self, files: list[Path], tokenizer, seq_len: int, doc_lines: int, seed: int):
+        self.seq_len, self.seed = seq_len, seed
+        split = {"train": [], "val": []}
+        for path in files:
+            lines = read_lines(path)
+            for k in range(0, len(lines), doc_lines):
+                held = zlib.crc32(f"{path.name}:{k // doc_lines}".encode()) % HELD_OUT == 0
+                split["val" if held else "train"].append("\n".join(lines[k:k + doc_lines]))
+        self.windows, self.tokens = {}, {}
+        for name, docs in split.items():
+            ids = np.fromiter((i for row in tokenizer.encode_batch(docs) for i in row), dtype=np.int64)
+            n = len(ids) // seq_len
+            if n == 0:
+                raise ValueError(f"the {name} split has {len(ids)} tokens, fewer than one window of {seq_len}")
+            self.windows[name] = ids[:n * seq_len].reshape(n, seq_len)
+            self.tokens[name] = int(len(ids))
+
+    def train_batch(self, step: int, batch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+        """int64 [batch / world, seq_len]: rank's slice of step's global batch."""
+        windows = self.windows["train"]
+        n = len(windows)
+        at = step * batch + np.arange(batch)
+        epoch, pos = at // n, at % n
+        picks = np.empty(batch, dtype=np.int64)
+        for e in np.unique(epoch):
+            order = np.random.default_rng([self.seed, int(e)]).permutation(n)
+            picks[epoch == e] = order[pos[epoch == e]]
+        share = batch // world
+        return windows[picks[rank * share:(rank + 1) * share]]
+
+    def val_batches(self, batches: int, batch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
+        """The first batches x batch validation windows (fewer if the split is smaller), rank's slices."""
+        windows = self.windows["val"]
+        count = max(1, min(batches, len(windows) // batch))
+        share = batch // world
+        out = []
+        for b in range(count):
+            rows = np.arange(b * batch + rank * share, b * batch + (rank + 1) * share) % len(windows)
+            out.append(windows[rows])
+        return out
