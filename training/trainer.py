@@ -206,14 +206,19 @@ def train(cfg: TrainConfig) -> Trainer:
             trainer.save()
     bar.close()
     wall = time.perf_counter() - started
+    ablations = {}
+    if cfg.engram:  # the trained model with its Engram layers' output removed, and with rows served as zeros
+        ablations = {"val_loss_engram_removed": trainer.evaluate(engram=False),
+                     "val_loss_rows_zero": trainer.evaluate(zeros=True)}
     if lead:
         summary = {"steps": trainer.step, "tokens": trainer.step * tokens_per_step, "wall_s": wall,
                    "tokens_per_s": (trainer.step - first) * tokens_per_step / wall if wall else 0.0,
                    "world_size": trainer.world, "device": str(trainer.device), "engram": cfg.engram,
                    "train_tokens": trainer.windows.tokens["train"], "val_tokens": trainer.windows.tokens["val"],
-                   "history": trainer.history}
+                   "val_loss": trainer.history["val"][-1][1], **ablations, "history": trainer.history}
         (Path(cfg.out) / "metrics.json").write_text(json.dumps(summary, indent=1))
         print(f"trained {trainer.step} steps ({summary['tokens']:,} tokens) in {wall:.0f} s, "
-              f"{summary['tokens_per_s']:,.0f} tokens/s; val loss {trainer.history['val'][-1][1]:.4f}; "
+              f"{summary['tokens_per_s']:,.0f} tokens/s; val loss {summary['val_loss']:.4f}"
+              + "".join(f", {k[9:].replace('_', ' ')} {v:.4f}" for k, v in ablations.items()) + "; "
               f"checkpoint {Path(cfg.out) / 'model.safetensors.index.json'}")
     return trainer

@@ -154,3 +154,27 @@ def test_a_checkpoint_that_disagrees_is_refused_naming_the_tensor(tmp_path, ds_t
     index.write_text(json.dumps(body))
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
         run_load(LoadConfig(db=str(tmp_path / "db2"), checkpoint=str(index), progress=False))
+
+
+def test_a_trained_checkpoint_loads_for_inference_with_the_same_outputs(tmp_path, ds_tokenizer):
+    """load_trained: the served model (KV cache, local tables decoded from the checkpoint) gives the
+    logits training computed (whole-sequence forward, rows from the sharded tables)."""
+    from model_client.trained_model import load_trained
+    cfg = tiny_cfg(tmp_path, steps=1)
+    trainer = Trainer(cfg, windows(cfg, ds_tokenizer))
+    trainer.train_step()
+    index = trainer.save()
+    model = load_trained(index)
+    batch = trainer.windows.train_batch(5, 2)
+    with torch.no_grad():
+        rows = TableRows(trainer.tables, trainer.hasher, batch)
+        trained = trainer.model.forward_train(torch.from_numpy(batch), rows, rows.hash_ids)[:, -1]
+        T = batch.shape[1]
+        hashed = {L: torch.from_numpy(v) for L, v in trainer.hasher.hash(batch).items()}
+        served = model(torch.from_numpy(batch), torch.arange(T)[None].expand(2, T), model.new_state(2), hashed)
+    torch.testing.assert_close(served, trained, rtol=1e-4, atol=1e-4)
+    body = json.loads(index.read_text())
+    body["weight_map"]["backbone.extra.weight"] = body["weight_map"]["backbone.head.weight"]
+    index.write_text(json.dumps(body))
+    with pytest.raises(ValueError, match="backbone.extra.weight"):
+        load_trained(index)
