@@ -50,6 +50,11 @@ COMMANDS = {
               "CPU, NCCL on GPU): a step sends each row id to its owner, gathers the rows and returns "
               "their gradients, and the owner takes a sparse Adam step. Writes safetensors shards + "
               "an index that `load --from` reads, resumable train state and metrics.json."),
+    "gate": ("training.gate_map:GateConfig", "training.gate_map:run",
+             "draw where a trained model's Engram gate opens (PNG + HTML)",
+             "Run a trained checkpoint over texts and draw each Engram layer's gate per token (a PNG "
+             "heatmap and an HTML page of colored tokens), then compare the mean gate on held-out "
+             "tokens that complete a fixed phrase (frequent, high-PMI token pairs) with all others."),
     "merge": ("training.checkpoint_writer:MergeConfig", "training.checkpoint_writer:run_merge",
               "stitch a sharded training checkpoint into one safetensors file",
               "Read a checkpoint's model.safetensors.index.json and write one .safetensors file with "

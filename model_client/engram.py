@@ -107,6 +107,7 @@ class Engram(nn.Module):
         self.key_projs = nn.ModuleList(nn.Linear(E, H) for _ in range(M))
         self.norm1 = nn.ModuleList(nn.RMSNorm(H) for _ in range(M))  # on keys
         self.norm2 = nn.ModuleList(nn.RMSNorm(H) for _ in range(M))  # on hidden states
+        self.gate_sink: list | None = None  # a list: each forward's gates are appended (PyTorch path)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -140,6 +141,8 @@ class Engram(nn.Module):
                 s = (key * query).sum(dim=-1) / math.sqrt(self.config.hidden_size)
                 s = s.abs().clamp_min(1e-6).sqrt() * s.sign()
                 gates.append(s.sigmoid().unsqueeze(-1))
+            if self.gate_sink is not None:  # `engram-memory gate` reads alpha per token and branch
+                self.gate_sink.append(torch.cat(gates, dim=-1).detach())        # [B, T, M]
             value = torch.stack(gates, dim=2) * self.value_proj(embeddings).unsqueeze(2)  # [B, T, M, D]
         out = value + self.short_conv(value, conv_state, lengths)
         return out.squeeze(2) if plain else out

@@ -178,3 +178,22 @@ def test_a_trained_checkpoint_loads_for_inference_with_the_same_outputs(tmp_path
     index.write_text(json.dumps(body))
     with pytest.raises(ValueError, match="backbone.extra.weight"):
         load_trained(index)
+
+
+def test_gate_command_draws_and_compares(tmp_path, ds_tokenizer):
+    """`engram-memory gate` on a trained checkpoint: a PNG per text, an HTML page with every token, and
+    the phrase figure's means, each a gate in (0, 1)."""
+    from training.gate_map import GateConfig
+    from training.gate_map import run as run_gate
+    cfg = tiny_cfg(tmp_path, steps=1)
+    trainer = Trainer(cfg, windows(cfg, ds_tokenizer))
+    index = trainer.save()
+    out = tmp_path / "gate"
+    run_gate(GateConfig(checkpoint=str(index), text=["Alice was beginning to get very tired", "中华人民共和国"],
+                        out=str(out), corpora=[str(PACKAGED_SAMPLE)], windows=4, min_count=3, doc_lines=20))
+    assert (out / "gate_0.png").stat().st_size > 1000 and (out / "gate_1.png").is_file()
+    page = (out / "gate.html").read_text(encoding="utf-8")
+    assert "tired" in page and page.count("<span") >= 2 * 7
+    stats = json.loads((out / "gate_phrases.json").read_text())
+    assert stats["phrase_tokens"] > 0 and set(stats["layers"]) == {"1", "2"}
+    assert all(0 < v[k] < 1 for v in stats["layers"].values() for k in ("phrase", "other"))
