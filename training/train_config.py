@@ -50,6 +50,8 @@ class TrainConfig:
     doc_lines: int = field(default=100, metadata={
         "help": "lines of a corpus file per document; every 20th document is held out for validation"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (loss, tokens/s)"})
+    max_seconds: float = field(default=0.0, metadata={
+        "help": "stop after this many seconds of training even before --steps (0: no limit), then evaluate and save"})
 
     def __post_init__(self):
         for name in ("seq_len", "batch", "steps", "world_size", "eval_batches", "doc_lines"):

@@ -10,6 +10,7 @@ One step, on every rank of the group (one process per table shard):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -199,6 +200,11 @@ def train(cfg: TrainConfig) -> Trainer:
         trainer.history["train"].append([trainer.step, loss])
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
         bar.update(1)
+        out_of_time = bool(cfg.max_seconds) and time.perf_counter() - started > cfg.max_seconds
+        if cfg.max_seconds and trainer.world > 1:  # every rank stops at the same step
+            out_of_time = trainer._mean(torch.tensor(float(out_of_time), device=trainer.device)) > 0
+        if out_of_time:
+            trainer.cfg = cfg = dataclasses.replace(cfg, steps=trainer.step)
         last = trainer.step == cfg.steps
         if (cfg.eval_every and trainer.step % cfg.eval_every == 0) or last:
             trainer.history["val"].append([trainer.step, trainer.evaluate()])
