@@ -82,7 +82,8 @@ def test_hit_rate_bench_writes_rows_and_plots(tmp_path):
     assert len([r for r in rows if r["policy"] == "lru"]) == 2 * 2  # 2 layers x 2 sizes
     for mode, passes in (("prefill", 16 // 4), ("decode", 8192 // 4)):  # 16 prompts of 512; 4 streams
         mine = [r for r in rows if r["mode"] == mode]
-        assert len(mine) == 3 * 2 * 2 and all(r["passes"] == passes for r in mine)  # policies x sizes x layers
+        assert len(mine) == 4 * 2 * 2 and all(r["passes"] == passes for r in mine)  # policies x sizes x layers
+        assert {r["policy"] for r in mine} == {"rowcache-lru", "rowcache-lfu", "rowcache-lookahead", "rowcache-tinylfu"}
         assert any(r["hit_rate"] > 0 for r in mine)
     for r in rows:
         assert 0 <= r["hit_rate"] <= 1
