@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .token_windows import DEFAULT_CORPORA
+
 DEFAULT_TEXTS = ["The United States Supreme Court ruled on Tuesday that the New York Times may publish the papers.",
                  "中华人民共和国国务院总理在北京人民大会堂会见了联合国秘书长。"]
 
@@ -29,7 +31,7 @@ class GateConfig:
     text: list[str] = field(default_factory=lambda: list(DEFAULT_TEXTS), metadata={
         "help": "texts to draw the gate of (default: an English and a Chinese sentence)"})
     out: str = field(default="gate-out", metadata={"help": "directory for the PNGs, the HTML and the JSON"})
-    corpora: list[str] = field(default_factory=lambda: ["en/brown.txt", "en/gutenberg", "zh/msra_news.txt"], metadata={
+    corpora: list[str] = field(default_factory=lambda: list(DEFAULT_CORPORA), metadata={
         "help": "the corpora the model trained on (phrase statistics from the training split, gates on validation)"})
     windows: int = field(default=64, metadata={"help": "validation windows (512 tokens, or the model's max "
                                                          "positions) to average the gate over"})
@@ -57,6 +59,19 @@ def gates(model, hasher, ids: np.ndarray) -> np.ndarray:
     finally:
         for e in engrams:
             e.gate_sink = None
+
+
+def _fonts() -> list[str]:
+    """A CJK-capable font first where one is installed (else Chinese labels draw as boxes: the HTML
+    page shows them either way)."""
+    import warnings
+
+    from matplotlib import font_manager
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    cjk = [n for n in ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "AR PL UMing CN") if n in names]
+    if not cjk:
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+    return cjk + ["DejaVu Sans"]
 
 
 def phrase_completions(train: np.ndarray, ids: np.ndarray, min_count: int, pmi: float) -> np.ndarray:
@@ -100,7 +115,7 @@ def run(cfg: GateConfig) -> int:
         labels = [tok.tokenizer.decode([int(i)]) for i in ids[0]]
         fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(labels)), 1 + 0.5 * len(layers)))
         im = ax.imshow(g, aspect="auto", cmap="Reds", vmin=0, vmax=1)
-        ax.set_xticks(range(len(labels)), labels, rotation=70, fontsize=8, fontfamily=["DejaVu Sans", "sans-serif"])
+        ax.set_xticks(range(len(labels)), labels, rotation=70, fontsize=8, fontfamily=_fonts())
         ax.set_yticks(range(len(layers)), [f"layer {L}" for L in layers])
         fig.colorbar(im, ax=ax, label="gate")
         fig.tight_layout()

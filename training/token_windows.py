@@ -15,13 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from core.corpus import corpora_dir, read_lines
+from core.corpus import PACKAGED_SAMPLE, corpora_dir, read_lines
 
 HELD_OUT = 20
 
 
+DEFAULT_CORPORA = ["en/brown.txt", "en/gutenberg", "zh/msra_news.txt"]
+
+
 def corpus_files(names: list[str]) -> list[Path]:
-    """Text files named in the shared corpora or as paths; a directory gives its *.txt files."""
+    """Text files named in the shared corpora or as paths; a directory gives its *.txt files. The
+    default names without the shared corpora here: the packaged English sample, saying so."""
+    if names == DEFAULT_CORPORA and corpora_dir() is None:
+        print(f"the shared corpora are not beside this checkout or in $ENGRAM_CORPORA; using {PACKAGED_SAMPLE.name}")
+        return [PACKAGED_SAMPLE]
     files = []
     for name in names:
         base = corpora_dir()

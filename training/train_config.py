@@ -14,6 +14,8 @@ from core.config import EngramConfig
 from core.flags import part
 from model_client.demo_model import BackboneConfig
 
+from .token_windows import DEFAULT_CORPORA
+
 TRAIN_ENGRAM = dict(engram_vocab_size=[50_000, 50_000], layer_ids=[1, 5])
 
 
@@ -28,7 +30,7 @@ class TrainConfig:
                                                            max_positions=512))
     engram: bool = field(default=True, metadata={
         "help": "train with the Engram layers; --no-engram trains the same backbone without them (the baseline)"})
-    corpora: list[str] = field(default_factory=lambda: ["en/brown.txt", "en/gutenberg", "zh/msra_news.txt"], metadata={
+    corpora: list[str] = field(default_factory=lambda: list(DEFAULT_CORPORA), metadata={
         "help": "text files or directories, in the shared corpora or as paths"})
     seq_len: int = field(default=512, metadata={"help": "tokens per training sequence"})
     batch: int = field(default=32, metadata={"help": "sequences per step, over all processes together"})
