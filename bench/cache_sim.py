@@ -76,9 +76,10 @@ def _compact(keys, vals, size, current, cached):
 
 
 @numba.njit(cache=True)
-def _priority_cache(dense, priority, capacity, heap_room):
+def _priority_cache(dense, priority, capacity, heap_room, hit):
     """Hits of a cache evicting the resident row with the largest priority, where `priority[i]` is
-    the key access i gives its row (a later access of the row replaces it: lazy deletion)."""
+    the key access i gives its row (a later access of the row replaces it: lazy deletion). hit: a
+    bool mask of len(dense) to mark each hit in, or empty."""
     n = len(dense)
     current = np.zeros(dense.max() + 1, dtype=np.int64)     # the live key of each cached row
     cached = np.zeros(dense.max() + 1, dtype=np.bool_)
@@ -89,6 +90,8 @@ def _priority_cache(dense, priority, capacity, heap_room):
         row = dense[i]
         if cached[row]:
             hits += 1
+            if len(hit):
+                hit[i] = True
         else:
             if resident == capacity:
                 while True:  # pop until a live entry: stale keys were superseded by later accesses
@@ -110,13 +113,17 @@ def _dense(trace: np.ndarray) -> np.ndarray:
     return np.unique(trace, return_inverse=True)[1].astype(np.int64)
 
 
-def opt_hits(trace: np.ndarray, capacity: int) -> int:
-    """Belady's MIN: the evicted row is the one used again farthest in the future."""
+_NO_MASK = np.zeros(0, dtype=np.bool_)
+
+
+def opt_hits(trace: np.ndarray, capacity: int, hit: np.ndarray = _NO_MASK) -> int:
+    """Belady's MIN: the evicted row is the one used again farthest in the future. hit: a bool
+    array like trace to mark each hit in (optional)."""
     if capacity <= 0:
         return 0
     nxt = next_use(trace)
     # keys must be distinct per live entry for lazy deletion: next-use indices are
-    return int(_priority_cache(_dense(trace), nxt, capacity, 4 * capacity + 1024))
+    return int(_priority_cache(_dense(trace), nxt, capacity, 4 * capacity + 1024, hit))
 
 
 def lru_hits(trace: np.ndarray, capacity: int) -> int:
@@ -124,7 +131,7 @@ def lru_hits(trace: np.ndarray, capacity: int) -> int:
     if capacity <= 0:
         return 0
     return int(_priority_cache(_dense(trace), -np.arange(len(trace), dtype=np.int64) - 1, capacity,
-                               4 * capacity + 1024))
+                               4 * capacity + 1024, _NO_MASK))
 
 
 _UNKNOWN = np.int64(1) << 50  # keys at or above: no known next use (ordered by age)

@@ -61,7 +61,7 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, 
 
 
 def read_header(path: str | Path) -> tuple[dict, int]:
-    """(header without "__metadata__" but with it under "__metadata__" kept, data start offset)."""
+    """(the JSON header, "__metadata__" included; the offset where the tensors' data starts)."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -138,3 +138,29 @@ def read_index(path: str | Path) -> dict:
         if not isinstance(file, str) or Path(file).name != file:
             raise CheckpointError(f"checkpoint index {path}: {name} is in {file!r}, not a file beside the index")
     return index
+
+
+def index_parts(index_path: str | Path, name: str, index: dict | None = None) -> list[tuple[int, np.ndarray]]:
+    """[(first row, array)] of tensor `name` of a sharded checkpoint, in row order: a whole tensor is
+    one part; a table's row shards are checked against the rows the index gives them."""
+    index_path = Path(index_path)
+    index = index or read_index(index_path)
+    if name in index["weight_map"]:
+        return [(0, tensor(index_path.parent / index["weight_map"][name], name))]
+    if name not in index["row_shards"]:
+        tables = ", ".join(list(index["row_shards"])[:6]) or "none"
+        raise CheckpointError(f"checkpoint {index_path} has no tensor {name!r} (tables: {tables})")
+    parts = []
+    for part in index["row_shards"][name]:
+        array = tensor(index_path.parent / part["file"], name)
+        if not array.shape or array.shape[0] != part["stop"] - part["start"]:
+            raise CheckpointError(f"checkpoint tensor {name} in {part['file']} has shape {list(array.shape)}; the "
+                                  f"index gives it rows [{part['start']}, {part['stop']})")
+        parts.append((part["start"], array))
+    return parts
+
+
+def whole(index_path: str | Path, name: str, index: dict | None = None) -> np.ndarray:
+    """Tensor `name` of a sharded checkpoint in one array (row shards concatenated)."""
+    parts = index_parts(index_path, name, index)
+    return parts[0][1] if len(parts) == 1 else np.concatenate([array for _, array in parts])

@@ -37,11 +37,15 @@ class CheckpointRows:
             raise ValueError(f"checkpoint {path} does not exist")
         self.description = f"checkpoint {path} tensor {tensor}"
         if path.name.endswith(".json"):
-            self.parts = _row_shards(path, tensor, head_dim)
+            self.parts = checkpoint_format.index_parts(path, tensor)
         elif path.suffix == ".safetensors":
             self.parts = [(0, checkpoint_format.tensor(path, tensor))]
         else:
             self.parts = [(0, _torch_tensor(path, tensor))]
+        for first, part in self.parts:  # every row shard of head_dim values
+            if tuple(part.shape[1:]) != (head_dim,):
+                raise ValueError(f"checkpoint tensor {tensor} (rows from {first}) has shape {list(part.shape)}; "
+                                 f"this layer's rows have {head_dim} values")
         last_start, last = self.parts[-1]
         shape = [last_start + last.shape[0], *last.shape[1:]] if len(last.shape) else []
         if tuple(shape) != (num_rows, head_dim):
@@ -59,24 +63,6 @@ class CheckpointRows:
                     block = block.float().numpy()
                 blocks.append(np.asarray(block, dtype=np.float32))
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-
-
-def _row_shards(index_path: Path, name: str, head_dim: int) -> list:
-    """[(first row, array)] of a sharded checkpoint's table, in row order, each shard checked."""
-    index = checkpoint_format.read_index(index_path)
-    if name in index["weight_map"]:
-        return [(0, checkpoint_format.tensor(index_path.parent / index["weight_map"][name], name))]
-    if name not in index["row_shards"]:
-        tables = ", ".join(list(index["row_shards"])[:6]) or "none"
-        raise ValueError(f"checkpoint {index_path} has no tensor {name!r} (tables: {tables})")
-    parts = []
-    for part in index["row_shards"][name]:
-        array = checkpoint_format.tensor(index_path.parent / part["file"], name)
-        if tuple(array.shape) != (part["stop"] - part["start"], head_dim):
-            raise ValueError(f"checkpoint tensor {name} in {part['file']} has shape {list(array.shape)}; the index "
-                             f"gives it rows [{part['start']}, {part['stop']}) of {head_dim} values")
-        parts.append((part["start"], array))
-    return parts
 
 
 def _torch_tensor(path: Path, name: str):

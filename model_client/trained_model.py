@@ -46,10 +46,7 @@ def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
     tensors = {}
     if path.name.endswith(".json"):
         index = fmt.read_index(path)
-        for name, file in index["weight_map"].items():
-            tensors[name] = fmt.tensor(path.parent / file, name)
-        for name, parts in index["row_shards"].items():
-            tensors[name] = np.concatenate([fmt.tensor(path.parent / p["file"], name) for p in parts])
+        tensors = {name: fmt.whole(path, name, index) for name in (*index["weight_map"], *index["row_shards"])}
     else:
         header, start = fmt.read_header(path)
         tensors = {name: fmt.tensor(path, name, header, start) for name in header if name != "__metadata__"}

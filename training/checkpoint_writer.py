@@ -44,8 +44,8 @@ def save(out: Path, model, tables: dict, step: int, backbone, engram: bool, trai
     meta = {"format": FORMAT, "engram_config": model.engram_config.to_json(), "step": str(step),
             "backbone_config": json.dumps(dataclasses.asdict(backbone)), "engram": str(engram).lower()}
     tensors = {fmt.TABLE_TENSOR.format(L=L): t.weight.cpu().numpy() for L, t in tables.items()}
-    if rank == 0:
-        tensors.update(dense_tensors(model))
+    dense = dense_tensors(model) if rank == 0 else {}
+    tensors.update(dense)
     fmt.write(out / fmt.shard_file(rank, world), tensors, {**meta, "rank": str(rank)})
     torch.save({**train_state, "tables": {L: t.state() for L, t in tables.items()}},
                out / f"train_state-{rank:05d}.pt")
@@ -58,7 +58,7 @@ def save(out: Path, model, tables: dict, step: int, backbone, engram: bool, trai
             {"file": fmt.shard_file(r, world), "start": min(r * t.per, t.num_rows), "stop": min((r + 1) * t.per, t.num_rows)}
             for r in range(world)] for L, t in tables.items()}
         body = {"metadata": {**meta, "world_size": str(world)},
-                "weight_map": {name: first for name in dense_tensors(model)}, "row_shards": row_shards}
+                "weight_map": {name: first for name in dense}, "row_shards": row_shards}
         tmp = index.with_name(index.name + ".tmp")
         tmp.write_text(json.dumps(body, indent=1))
         tmp.replace(index)
@@ -78,9 +78,7 @@ def merge(index_path: str | Path, out_path: str | Path) -> Path:
     """One safetensors file with every tensor whole (the tables' shards stitched in row order)."""
     index_path, out_path = Path(index_path), Path(out_path)
     index = fmt.read_index(index_path)
-    tensors = {name: np.asarray(fmt.tensor(index_path.parent / file, name)) for name, file in index["weight_map"].items()}
-    for name, parts in index["row_shards"].items():
-        tensors[name] = np.concatenate([np.asarray(fmt.tensor(index_path.parent / p["file"], name)) for p in parts])
+    tensors = {name: fmt.whole(index_path, name, index) for name in (*index["weight_map"], *index["row_shards"])}
     meta = {k: v for k, v in index["metadata"].items() if k != "world_size"}
     fmt.write(out_path, tensors, meta)
     return out_path

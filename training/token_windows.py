@@ -44,6 +44,7 @@ def corpus_files(names: list[str]) -> list[Path]:
 class TokenWindows:
     def __init__(self, files: list[Path], tokenizer, seq_len: int, doc_lines: int, seed: int):
         self.seq_len, self.seed = seq_len, seed
+        self._epoch: tuple[int, np.ndarray | None] = (-1, None)
         split = {"train": [], "val": []}
         for path in files:
             lines = read_lines(path)
@@ -67,10 +68,15 @@ class TokenWindows:
         epoch, pos = at // n, at % n
         picks = np.empty(batch, dtype=np.int64)
         for e in np.unique(epoch):
-            order = np.random.default_rng([self.seed, int(e)]).permutation(n)
-            picks[epoch == e] = order[pos[epoch == e]]
+            picks[epoch == e] = self._order(int(e))[pos[epoch == e]]
         share = batch // world
         return windows[picks[rank * share:(rank + 1) * share]]
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """The training windows' order in an epoch (kept for the epoch in progress)."""
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.windows["train"])))
+        return self._epoch[1]
 
     def val_batches(self, batches: int, batch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
         """The first batches x batch validation windows (fewer if the split is smaller), rank's slices."""

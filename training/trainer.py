@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from core.row_format import RowFormat
 from model_client.demo_model import DemoModel
 from model_client.hasher import NgramHasher
 
@@ -87,7 +88,8 @@ class Trainer:
         config = cfg.engram_config()
         self.hasher = NgramHasher(config)
         geometry = self.hasher.geometry
-        backends = {L: TrainingBackend(geometry.rows(L), _row_format(config)) for L in config.layer_ids}
+        row_format = RowFormat(config.row_dtype, config.head_dim)
+        backends = {L: TrainingBackend(geometry.rows(L), row_format) for L in config.layer_ids}
         torch.manual_seed(cfg.seed)  # the same dense weights on every rank and for every world size
         self.model = DemoModel(cfg.backbone, config, backends).to(self.device)
         if not cfg.engram:
@@ -178,11 +180,6 @@ class Trainer:
         for layer, table in self.tables.items():
             table.load_state(state["tables"][layer])
         self.step, self.history = int(state["step"]), json.loads(state["history"])
-
-
-def _row_format(config):
-    from core.row_format import RowFormat
-    return RowFormat(config.row_dtype, config.head_dim)
 
 
 def train(cfg: TrainConfig) -> Trainer:

@@ -2,52 +2,23 @@
 broken down by n-gram order, by reuse distance (passes since the id's previous access) and by the
 id's count in the trace; with the compulsory misses and the infinite cache's hits per order.
 
-`belady_mask` is Belady's MIN with a per-access hit mask (bench.cache_sim's heap, fully associative).
+`belady_mask` is Belady's MIN with a per-access hit mask (bench.cache_sim.opt_hits, fully associative).
 """
 from __future__ import annotations
 
 import itertools
 
-import numba
 import numpy as np
 
-from bench.cache_sim import _compact, _dense, _heap_pop, _heap_push, next_use
+from bench.cache_sim import next_use, opt_hits
 
 from . import sim
 from . import traces as tr
 
 
-@numba.njit(cache=True)
-def opt_mask(dense, priority, capacity, heap_room, hit):
-    n = len(dense)
-    current = np.zeros(dense.max() + 1, dtype=np.int64)
-    cached = np.zeros(dense.max() + 1, dtype=np.bool_)
-    keys = np.empty(heap_room, dtype=np.int64)
-    vals = np.empty(heap_room, dtype=np.int64)
-    size, resident = 0, 0
-    for i in range(n):
-        row = dense[i]
-        if cached[row]:
-            hit[i] = True
-        else:
-            if resident == capacity:
-                while True:
-                    key, victim, size = _heap_pop(keys, vals, size)
-                    if cached[victim] and current[victim] == key:
-                        cached[victim] = False
-                        resident -= 1
-                        break
-            resident += 1
-        current[row] = priority[i]
-        cached[row] = True
-        if size == heap_room:
-            size = _compact(keys, vals, size, current, cached)
-        size = _heap_push(keys, vals, size, priority[i], row)
-
-
 def belady_mask(ids: np.ndarray, cap: int) -> np.ndarray:
     hit = np.zeros(len(ids), np.bool_)
-    opt_mask(_dense(ids), next_use(ids), cap, 4 * cap + 1024, hit)
+    opt_hits(ids, cap, hit)
     return hit
 
 
