@@ -1,6 +1,10 @@
 """End to end: the demo model over the same workload with local tables and with tables in the
 memory service (or read co-located from its LMDB), in one run: tokens/s, exposed wait, hit rates,
-and whether the outputs match bit for bit. `engram-memory demo` and `bench e2e` both run this."""
+and whether the outputs match bit for bit. `engram-memory demo` and `bench e2e` both run this.
+
+The model has random weights and the tables seeded random rows, unless --checkpoint names what
+`engram-memory train` wrote: then its backbone and Engram weights, its rows loaded into a store of
+their own (keyed by the checkpoint's fingerprint) and served, and the greedy text it generates."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +19,16 @@ from pathlib import Path
 import torch
 
 import kernels
+from core import checkpoint_format
 from core.config import EngramConfig
 from core.flags import part
 from core.manifest import table_name
 from model_client.demo_model import BackboneConfig, DemoModel
 from model_client.hasher import NgramHasher
 from model_client.tier_stack import TierConfig
-from model_client.workload import Runner, WorkloadConfig, make_prompts
+from model_client.workload import Runner, WorkloadConfig, generated_text, make_prompts
+
+from .comparison_report import decode_roofline_ms
 
 
 @dataclass
@@ -29,7 +36,11 @@ class ComparisonConfig:
     """The e2e comparison's settings (`bench e2e` and the demo derive their flags from it)."""
     tiers: TierConfig = part(TierConfig)
     workload: WorkloadConfig = part(WorkloadConfig)
-    config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
+    config: str = field(default="", metadata={
+        "help": "EngramConfig preset or JSON file of the tables (default: the --checkpoint's, else demo)"})
+    checkpoint: str = field(default="", metadata={
+        "help": "a model `engram-memory train` wrote (its index or merged .safetensors): its weights, its "
+                "tables served, and the text it generates; the backbone flags are then the checkpoint's"})
     row_dtype: str = field(default="bfloat16", metadata={
         "help": "row dtype of the tables (bfloat16: 128 B rows, 2.6 GB for the demo's two layers)"})
     data_dir: str = field(default="data", metadata={"help": "where the demo's table store lives (created if absent)"})
@@ -58,6 +69,12 @@ class ComparisonConfig:
             raise ValueError(f"ComparisonConfig.dtype must be auto, float32 or bfloat16 (got {self.dtype!r})")
         if self.repeats < 1:
             raise ValueError(f"ComparisonConfig.repeats must be >= 1 (got {self.repeats})")
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            raise ValueError(f"--checkpoint {self.checkpoint} does not exist")
+
+    def engram_config(self) -> EngramConfig:
+        """--config (checked against the checkpoint's), stored as --row-dtype."""
+        return checkpoint_format.config_for(self.config, self.checkpoint).replace(row_dtype=self.row_dtype)
 
     @property
     def torch_device(self) -> torch.device:
@@ -71,18 +88,24 @@ class ComparisonConfig:
         return getattr(torch, self.dtype)
 
 
-def table_store_path(data_dir: str, config: EngramConfig) -> Path:
-    """One store per table geometry: the fields that decide the rows, hashed."""
+def table_store_path(data_dir: str, config: EngramConfig, checkpoint: str = "") -> Path:
+    """One store per table geometry (the fields that decide the rows, hashed), and per checkpoint
+    (its fingerprint: a retrained checkpoint gets a fresh store)."""
     key = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("hidden_size", "hc_mult")}, sort_keys=True)
+    if checkpoint:
+        return Path(data_dir) / f"trained-{hashlib.sha256((key + checkpoint_format.fingerprint(checkpoint)).encode()).hexdigest()[:12]}"
     return Path(data_dir) / f"tables-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def ensure_tables(config: EngramConfig, db: Path, tokenizer) -> None:
-    """Load the config's tables with the seeded random init (seed = config.seed) unless published."""
+def ensure_tables(config: EngramConfig, db: Path, tokenizer, checkpoint: str = "") -> None:
+    """Load the config's tables unless published: the checkpoint's rows, else the seeded random init
+    (seed = config.seed)."""
     from core import row_check
+    from core.geometry import TableGeometry
     from core.store import TableStore
-    from memory_service.checkpoint import RandomRows
+    from memory_service.checkpoint import CheckpointRows, RandomRows
     from memory_service.loader import load_layer
+    geometry = TableGeometry.from_config(config)
     store = TableStore(db, bulk=True)
     try:
         for layer in config.layer_ids:
@@ -92,11 +115,38 @@ def ensure_tables(config: EngramConfig, db: Path, tokenizer) -> None:
                       flush=True)
                 current = 0
             if not current:
-                print(f"creating table layer{layer} in {db} (seeded random rows, once) ...", flush=True)
-                load_layer(store, config, layer, RandomRows(config.seed, layer, config.head_dim),
-                           tokenizer.sha256, tokenizer.num_compressed)
+                source = (CheckpointRows(checkpoint, checkpoint_format.TABLE_TENSOR.format(L=layer), geometry.rows(layer),
+                                         config.head_dim) if checkpoint else RandomRows(config.seed, layer, config.head_dim))
+                print(f"creating table layer{layer} in {db} ({source.description}, once) ...", flush=True)
+                load_layer(store, config, layer, source, tokenizer.sha256, tokenizer.num_compressed)
     finally:
         store.close()
+
+
+def local_model(cfg: ComparisonConfig, config: EngramConfig, hasher: NgramHasher, log) -> DemoModel:
+    """The model holding its whole tables: the checkpoint's weights and rows, or random weights (seed)
+    over the store's seeded rows."""
+    if cfg.checkpoint:
+        from model_client.trained_model import load_trained
+        log(f"loading the trained model {cfg.checkpoint}: its weights, and its rows as the store holds them ...")
+        model = load_trained(cfg.checkpoint, row_dtype=config.row_dtype)
+        if any(model.blocks[layer].engram is None for layer in config.layer_ids):
+            raise ValueError(f"--checkpoint {cfg.checkpoint} was trained without Engram (--no-engram): it has no "
+                             "tables to serve")
+        return model
+    from core.row_format import RowFormat
+    from model_client.table_backend import LocalTableBackend
+    log(f"building the local model: the whole tables in {cfg.torch_device} memory, the same seeded rows as the store ...")
+    tables = {}
+    for layer in config.layer_ids:  # one line per table: each takes seconds
+        t0 = time.perf_counter()
+        tables[layer] = LocalTableBackend.seeded(hasher.geometry.rows(layer), RowFormat(config.row_dtype, config.head_dim),
+                                                 config.seed, layer)
+        log(f"  local table layer{layer}: {hasher.geometry.rows(layer):,} rows in {time.perf_counter() - t0:.1f} s")
+    backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, cfg.hc_mult, cfg.heads,
+                              max_positions=cfg.workload.max_len + cfg.workload.decode_steps + 1)
+    torch.manual_seed(cfg.seed)
+    return DemoModel(backbone, config, tables)
 
 
 def _phase_waits(prefetcher, counts_before: dict, prefill_steps: int) -> dict[int, tuple[float, float]]:
@@ -119,31 +169,23 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
     from model_client.store_tier import StoreTier
     from model_client.tier_stack import build_tiers
 
-    config = EngramConfig.load(cfg.config).replace(row_dtype=cfg.row_dtype)
+    config = cfg.engram_config()
     if cfg.torch_device.type == "cuda":  # cuBLAS's documented condition for run-to-run equal results
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     tokenizer = get_compressed_tokenizer(config.tokenizer)
-    db = table_store_path(cfg.data_dir, config)
-    ensure_tables(config, db, tokenizer)
+    db = table_store_path(cfg.data_dir, config, cfg.checkpoint)
+    ensure_tables(config, db, tokenizer, cfg.checkpoint)
     device, dtype = cfg.torch_device, cfg.torch_dtype
-    backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, cfg.hc_mult, cfg.heads,
-                              max_positions=cfg.workload.max_len + cfg.workload.decode_steps + 1)
     hasher = NgramHasher(config, tokenizer)
+    local = local_model(cfg, config, hasher, log).to(device, dtype).eval()
+    backbone = local.cfg
+    wl = cfg.workload.within(backbone.max_positions)
+    if wl != cfg.workload:
+        log(f"prompts cut to at most {wl.max_len} tokens: with {wl.decode_steps} decode steps they fill the "
+            f"checkpoint's {backbone.max_positions} positions")
     # new prompts every repeat (the caches see fresh text); local and remote run the same ones
-    wl = cfg.workload
     prompt_sets = [make_prompts(tokenizer, dataclasses.replace(wl, workload_seed=wl.workload_seed + r))
                    for r in range(cfg.repeats)]
-    from core.row_format import RowFormat
-    from model_client.table_backend import LocalTableBackend
-    log(f"building the local model: the whole tables in {device} memory, the same seeded rows as the store ...")
-    tables = {}
-    for layer in config.layer_ids:  # one line per table: each takes seconds
-        t0 = time.perf_counter()
-        tables[layer] = LocalTableBackend.seeded(hasher.geometry.rows(layer), RowFormat(config.row_dtype, config.head_dim),
-                                                 config.seed, layer)
-        log(f"  local table layer{layer}: {hasher.geometry.rows(layer):,} rows in {time.perf_counter() - t0:.1f} s")
-    torch.manual_seed(cfg.seed)
-    local = DemoModel(backbone, config, tables).to(device, dtype).eval()
     if not cfg.colocated:
         log(f"starting the memory service ({cfg.server_workers} processes) on {db} ...")
     server = None if cfg.colocated else ServiceProcess(db, workers=cfg.server_workers)
@@ -163,16 +205,16 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
             waits = []
             for mode, runner in runners.items():  # warm-up (page cache, connections, allocator, kernel
                 t0 = time.perf_counter()           # choices): not measured
-                runner.run(prompt_sets[0], min(cfg.workload.decode_steps, 2), cfg.prefill_batch)
+                runner.run(prompt_sets[0], min(wl.decode_steps, 2), cfg.prefill_batch)
                 log(f"  warm-up {mode:<6}: {time.perf_counter() - t0:.1f} s (not measured)")
             match = True
             for r in range(cfg.repeats):  # pairs alternate which mode runs first: an order effect shows
                 for mode, runner in list(runners.items())[::1 if r % 2 == 0 else -1]:
                     before = {layer: len(w) for layer, w in prefetcher.exposed_wait_s.items()}
-                    result = runner.run(prompt_sets[r], cfg.workload.decode_steps, cfg.prefill_batch)
+                    result = runner.run(prompt_sets[r], wl.decode_steps, cfg.prefill_batch)
                     results[mode].append(result)
                     if mode == "remote":
-                        groups = -(-cfg.workload.sequences // (cfg.prefill_batch or cfg.workload.sequences))
+                        groups = -(-wl.sequences // (cfg.prefill_batch or wl.sequences))
                         waits.append(_phase_waits(prefetcher, before, groups))
                     log(f"  run {r + 1}/{cfg.repeats} {mode:<6}: prefill {result.prefill_tokens_per_s:>9,.0f} tok/s, "
                         f"decode {result.decode_tokens_per_s:>8,.0f} tok/s")
@@ -191,15 +233,17 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
             server.stop()
     med = lambda xs: statistics.median(xs)  # noqa: E731
     out = {"prefill_batch": cfg.prefill_batch, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "mode": "co-located lmdb" if cfg.colocated else "grpc service",
-           "sequences": cfg.workload.sequences, "prefill_tokens": results["local"][0].prefill_tokens,
-           "min_len": cfg.workload.min_len, "max_len": cfg.workload.max_len, "decode_steps": cfg.workload.decode_steps, "repeats": cfg.repeats,
+           "sequences": wl.sequences, "prefill_tokens": results["local"][0].prefill_tokens,
+           "min_len": wl.min_len, "max_len": wl.max_len, "decode_steps": wl.decode_steps, "repeats": cfg.repeats,
            "decode_tokens": results["local"][0].decode_tokens, "backbone_parameters": backbone.parameters,
            "table_rows": sum(hasher.geometry.rows(layer) for layer in config.layer_ids),
            "table_bytes": hasher.geometry.total_bytes, "device_cache_bytes": TierConfig.bytes(cfg.tiers.device_cache_mb),
            "host_cache_bytes": TierConfig.bytes(cfg.tiers.host_cache_mb), "host_mirror_tables": mirrored[0],
            "host_mirror_bytes": mirrored[1], "policy": cfg.tiers.policy, "outputs_match": match,
            "kernels": "triton" if kernels.use_triton(torch.empty(0, device=device)) else "reference",
-           "table_store": str(db), "row_dtype": config.row_dtype}
+           "table_store": str(db), "row_dtype": config.row_dtype, "checkpoint": cfg.checkpoint}
+    if cfg.checkpoint:  # what the trained model says, through the service (equal to local when outputs match)
+        out["samples"] = generated_text(tokenizer, prompt_sets[0], results["remote"][0].tokens)
     for phase in ("prefill", "decode"):
         for mode in ("local", "remote"):
             out[f"{phase}_{mode}_tokens_per_s"] = med([getattr(r, f"{phase}_tokens_per_s") for r in results[mode]])
@@ -221,9 +265,9 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
     graph_split = out.get("decode_remote_split_ms")
     if graph_split:  # under CUDA graphs the GPU's own gaps before the Engram layers' pieces are the wait
         out["decode_exposed_wait_share"] = graph_split["exposed_wait_ms"] / graph_split["step_ms"]
-    out["decode_step_ms"] = {mode: 1e3 * med([r.decode_s for r in results[mode]]) / max(1, cfg.workload.decode_steps)
+    out["decode_step_ms"] = {mode: 1e3 * med([r.decode_s for r in results[mode]]) / max(1, wl.decode_steps)
                              for mode in ("local", "remote")}
-    out["decode_roofline_ms"] = decode_roofline_ms(local, results["local"][0].prefill_tokens, cfg, dtype)
+    out["decode_roofline_ms"] = decode_roofline_ms(local, results["local"][0].prefill_tokens, wl, dtype)
     if device.type == "cuda":  # the caching allocator's retries (each frees every cached block, a sync)
         out["cuda_alloc_retries"] = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
     out["device_cache_hit_rate"] = device_stats.hit_rate
@@ -232,69 +276,3 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
     out["rows_from_store"] = (sum(prefetcher.rows_below_device.values()) - mirrored[2]
                               - (host_stats.hits if host_stats else 0))
     return out
-
-
-def decode_roofline_ms(model, prompt_tokens: int, cfg: ComparisonConfig, dtype, bandwidth_tbs: float = 4.0) -> float:
-    """The memory floor of the mean decode step, ms: the weights it reads (every parameter but the
-    token and position embeddings, which it gathers a row of) plus the KV cache at the sequences'
-    actual lengths (prompt + the step's position), at bandwidth_tbs."""
-    size = torch.finfo(dtype).bits // 8
-    weights = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(("embed.", "pos."))) * size
-    steps, seqs, b = cfg.workload.decode_steps, cfg.workload.sequences, model.cfg
-    mean_context = prompt_tokens / seqs + (steps + 1) / 2          # keys per sequence, mean over the steps
-    kv = seqs * mean_context * b.num_layers * 2 * b.hidden_size * size
-    return (weights + kv) / (bandwidth_tbs * 1e12) * 1e3
-
-
-def report(out: dict) -> str:
-    gib = out["table_bytes"] / 2**30
-    lines = [
-        f"tables: {out['table_rows']:,} {out.get('row_dtype', '')} rows ({gib:.2f} GiB) in "
-        f"{out.get('table_store', 'the store')}, read via {out['mode']}; device cache "
-        f"{out['device_cache_bytes'] >> 20} MiB ({out['table_bytes'] / out['device_cache_bytes']:.0f}x smaller than "
-        f"the tables), host cache {out['host_cache_bytes'] >> 20} MiB, host mirror "
-        f"{', '.join(out.get('host_mirror_tables', [])) or 'none'}, policy {out['policy']}, "
-        f"{out.get('kernels', 'reference')} kernels",
-        f"model: {out['backbone_parameters'] / 1e6:.0f}M backbone parameters, RANDOM weights (the output is not text; "
-        f"the point is Engram's data path), {out['dtype']} on {out['device']}",
-        f"workload: {out['sequences']} sequences, {out['prefill_tokens']:,} prompt tokens, then "
-        f"{out['decode_tokens']:,} decode tokens",
-        "",
-        f"{'phase':<9}{'local tok/s':>13}{'remote tok/s':>14}{'remote/local':>14}{'exposed wait':>14}",
-    ]
-    for phase in ("prefill", "decode"):
-        local, remote = out[f"{phase}_local_tokens_per_s"], out[f"{phase}_remote_tokens_per_s"]
-        lines.append(f"{phase:<9}{local:>13,.0f}{remote:>14,.0f}{remote / local:>14.3f}"
-                     f"{out[f'{phase}_exposed_wait_share']:>13.1%}")
-    lines += [f"(medians of {out['repeats']} runs each; the median of the back-to-back pairs' ratios, robust to the "
-              f"machine's speed drifting: prefill {out['prefill_ratio_remote_to_local']:.3f}, decode "
-              f"{out['decode_ratio_remote_to_local']:.3f}. Exposed wait: the share of the remote run's time spent "
-              "waiting for rows that the layers before each Engram layer could not hide.)"]
-    pairs = {phase: out.get(f"{phase}_pair_ratios", []) for phase in ("prefill", "decode")}
-    if pairs["decode"]:
-        lines.append("pair ratios: " + "; ".join(f"{phase} {min(r):.3f}-{max(r):.3f}" for phase, r in pairs.items()))
-    if len(pairs["decode"]) > 1:  # the same medians by which mode ran first in the pair
-        lines.append("by order (local first / remote first): " + "; ".join(
-            f"{phase} {statistics.median(r[0::2]):.3f} / {statistics.median(r[1::2]):.3f}" for phase, r in pairs.items()))
-    step = out.get("decode_step_ms")
-    if step and out["device"].startswith("cuda"):  # the roofline is the H200's HBM
-        lines.append(f"decode step: local {step['local']:.2f} ms, remote {step['remote']:.2f} ms; memory roofline "
-                     f"{out['decode_roofline_ms']:.2f} ms (weights + KV read at 4.0 TB/s): local at "
-                     f"{step['local'] / out['decode_roofline_ms']:.2f}x")
-    for mode in ("local", "remote"):
-        gpu = out.get(f"decode_{mode}_split_ms", {})
-        if gpu:
-            lines.append(f"{mode} decode step on the GPU: median {gpu['step_ms']:.2f} ms, mean {gpu['mean_step_ms']:.2f} ms; "
-                         f"the run's begin + end {gpu['begin_ms']:.1f} + {gpu['end_ms']:.1f} ms")
-    split = out.get("decode_remote_split_ms")
-    if split:
-        lines.append(f"remote decode step (CUDA graphs, GPU time): pieces {', '.join(f'{x:.2f}' for x in split['pieces_ms'])} "
-                     f"ms, waits before the Engram layers {', '.join(f'{x:.3f}' for x in split['gaps_ms'])} ms; host "
-                     f"(tokens wait, hash, then per layer dedup / index / read below / copy up) "
-                     f"{', '.join(f'{x:.2f}' for x in split.get('host_ms', []))} ms")
-    host = f"{out['host_cache_hit_rate']:.1%}" if out["host_cache_hit_rate"] is not None else "-"
-    lines += ["", f"hit rates: device cache {out['device_cache_hit_rate']:.1%}, host cache {host}; "
-                  f"{out.get('rows_from_host_mirror', 0):,} rows read from the host mirror, "
-                  f"{out['rows_from_store']:,} from the {'LMDB' if 'lmdb' in out['mode'] else 'service'}",
-              f"outputs of local and remote tables match bit for bit: {'YES' if out['outputs_match'] else 'NO'}"]
-    return "\n".join(lines)

@@ -8,7 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .comparison import ComparisonConfig, report, run_comparison
+from .comparison import ComparisonConfig, run_comparison
+from .comparison_report import report
 from .report import machine
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.comparison import ComparisonConfig
+from core import checkpoint_format
 from core.config import PRESETS, EngramConfig
 from core.corpus import CHINESE, ENGLISH, PACKAGED_SAMPLE, corpora_dir, corpus_file, read_lines
 from core.geometry import TableGeometry
@@ -24,8 +25,9 @@ from model_client.hasher import NgramHasher
 
 @dataclass
 class DemoConfig:
-    config: str = field(default="demo", metadata={
-        "help": "EngramConfig preset (demo, paper-27b, paper-40b, deepseek-v4.1) or a JSON file"})
+    config: str = field(default="", metadata={
+        "help": "EngramConfig preset (demo, paper-27b, paper-40b, deepseek-v4.1) or a JSON file (default: "
+                "the --checkpoint's, else demo)"})
     corpus: list[str] = field(default_factory=list, metadata={
         "help": "text files to run on; default: en/brown.txt and zh/msra_news.txt from the shared "
                 "corpora, or the packaged Alice in Wonderland when those are absent"})
@@ -65,7 +67,9 @@ def hash_corpus(hasher: NgramHasher, ids: np.ndarray, seq_len: int) -> dict:
 
 
 def run(demo: DemoConfig, worker=None) -> int:
-    config = EngramConfig.load(demo.config)
+    checkpoint = worker.checkpoint if worker is not None else ""
+    config = checkpoint_format.config_for(demo.config, checkpoint)
+    config_name = demo.config or (f"of {checkpoint}" if checkpoint else "demo")
     print("engram-memory demo: real text -> DeepSeek-V3 tokens -> compressed ids -> Engram row ids\n")
     t0 = time.perf_counter()
     tokenizer = CompressedTokenizer(config.tokenizer)
@@ -79,7 +83,7 @@ def run(demo: DemoConfig, worker=None) -> int:
     if demo.e2e and worker is not None and worker.row_dtype != config.row_dtype:
         as_stored = config.replace(row_dtype=worker.row_dtype)
         stored = f"; the end-to-end part stores them as {as_stored.row_dtype}, {as_stored.row_bytes} B (--row-dtype)"
-    print(f"config {demo.config}: Engram at layers {config.layer_ids}, {2}..{config.max_ngram_size}-grams, "
+    print(f"config {config_name}: Engram at layers {config.layer_ids}, {2}..{config.max_ngram_size}-grams, "
           f"{config.n_head_per_ngram} heads x {config.head_dim} values; the preset's rows are "
           f"{config.row_dtype}, {config.row_bytes} B{stored}\n")
 
@@ -118,9 +122,11 @@ def run(demo: DemoConfig, worker=None) -> int:
               f"{geo.total_bytes / 2**30:>7.1f} GiB")
     print("\nB/token: row bytes one token reads across all its Engram layers (columns x row bytes).")
     if demo.e2e:
-        from bench.comparison import report, run_comparison
+        from bench.comparison import run_comparison
+        from bench.comparison_report import report
         worker = dataclasses.replace(worker or ComparisonConfig(), config=demo.config)
-        print("\nend to end: the demo model with local tables vs tables in the memory service (--no-e2e skips)")
+        model = f"the model of {checkpoint}" if checkpoint else "the demo model"
+        print(f"\nend to end: {model} with local tables vs tables in the memory service (--no-e2e skips)")
         out = run_comparison(worker)
         print("\n" + report(out))
         return 0 if out["outputs_match"] else 1

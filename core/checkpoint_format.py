@@ -164,3 +164,48 @@ def whole(index_path: str | Path, name: str, index: dict | None = None) -> np.nd
     """Tensor `name` of a sharded checkpoint in one array (row shards concatenated)."""
     parts = index_parts(index_path, name, index)
     return parts[0][1] if len(parts) == 1 else np.concatenate([array for _, array in parts])
+
+
+def files(path: str | Path) -> list[Path]:
+    """The files a checkpoint is made of: the index and its shards, or the one file."""
+    path = Path(path)
+    if not path.name.endswith(".json"):
+        return [path]
+    index = read_index(path)
+    named = {*index["weight_map"].values(), *(p["file"] for parts in index["row_shards"].values() for p in parts)}
+    return [path, *(path.parent / name for name in sorted(named))]
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 over a checkpoint's files (name, then bytes): what identifies the rows it holds; a
+    retrained checkpoint at the same path gets another."""
+    import hashlib
+    digest = hashlib.sha256()
+    for file in files(path):
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(16 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def config_for(name: str, checkpoint: str):
+    """The EngramConfig to use with a checkpoint: --config, else the one the checkpoint records,
+    else the demo preset; both given, they must agree (but for row_dtype, a storage choice)."""
+    from .config import EngramConfig
+    trained = None
+    if checkpoint and Path(checkpoint).is_file() and checkpoint.endswith((".json", ".safetensors")):
+        recorded = metadata(checkpoint).get("engram_config")
+        if recorded:
+            trained = EngramConfig.from_dict(json.loads(recorded))
+    if not name:
+        return trained or EngramConfig.preset("demo")
+    chosen = EngramConfig.load(name)
+    if trained is not None:
+        differ = [k for k, v in trained.to_dict().items() if k != "row_dtype" and chosen.to_dict()[k] != v]
+        if differ:
+            detail = "; ".join(f"{k}: checkpoint {trained.to_dict()[k]!r}, --config {chosen.to_dict()[k]!r}"
+                               for k in differ)
+            raise ValueError(f"--config {name} differs from the config checkpoint {checkpoint} was trained with "
+                             f"({detail}); leave --config out to use the checkpoint's")
+    return chosen

@@ -131,6 +131,10 @@ class CompressedTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
+    def decode(self, raw_ids) -> str:
+        """Raw ids (any int sequence) back to text, special tokens dropped."""
+        return self.tokenizer.decode([int(i) for i in raw_ids], skip_special_tokens=True)
+
     def compress(self, raw_ids: np.ndarray) -> np.ndarray:
         """int array of raw ids (any shape) -> int64 compressed ids; ids outside the vocabulary raise."""
         raw_ids = np.asarray(raw_ids)

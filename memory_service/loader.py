@@ -6,11 +6,9 @@ Memory stays bounded by a few 16 MiB chunks whatever the table size.
 """
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import lmdb
 from tqdm import tqdm
@@ -155,31 +153,10 @@ class LoadConfig:
             raise ValueError(f"LoadConfig.tensor must contain {{L}} for the layer id (got {self.tensor!r})")
 
 
-def load_config(name: str, checkpoint: str) -> EngramConfig:
-    """The EngramConfig to load with: --config, else the checkpoint's; both given, they must agree
-    (but for row_dtype, a storage choice)."""
-    trained = None
-    if checkpoint and Path(checkpoint).is_file() and (checkpoint.endswith(".json") or checkpoint.endswith(".safetensors")):
-        recorded = checkpoint_format.metadata(checkpoint).get("engram_config")
-        if recorded:
-            trained = EngramConfig.from_dict(json.loads(recorded))
-    if not name:
-        return trained or EngramConfig.preset("demo")
-    chosen = EngramConfig.load(name)
-    if trained is not None:
-        differ = [k for k, v in trained.to_dict().items() if k != "row_dtype" and chosen.to_dict()[k] != v]
-        if differ:
-            detail = "; ".join(f"{k}: checkpoint {trained.to_dict()[k]!r}, --config {chosen.to_dict()[k]!r}"
-                               for k in differ)
-            raise ValueError(f"--config {name} differs from the config checkpoint {checkpoint} was trained with "
-                             f"({detail}); leave --config out to use the checkpoint's")
-    return chosen
-
-
 def run_load(cfg: LoadConfig) -> int:
     from core.tokenizer import CompressedTokenizer
 
-    config = load_config(cfg.config, cfg.checkpoint)
+    config = checkpoint_format.config_for(cfg.config, cfg.checkpoint)
     if cfg.dtype:
         config = config.replace(row_dtype=cfg.dtype)
     layers = cfg.layers or config.layer_ids

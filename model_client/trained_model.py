@@ -19,6 +19,7 @@ import torch
 from core import checkpoint_format as fmt
 from core.config import EngramConfig
 from core.geometry import TableGeometry
+from core.manifest import table_name
 from core.row_format import RowFormat
 
 from .demo_model import BackboneConfig, DemoModel
@@ -93,3 +94,23 @@ def _param_name(name: str) -> str:
     if name.startswith("layers."):
         return "blocks." + name[len("layers."):]
     return name
+
+
+def check_served_rows(client, path: str | Path, config: EngramConfig, samples: int = 64) -> None:
+    """Refuse a service whose tables are not this checkpoint's (the same geometry holding other rows,
+    e.g. seeded random ones, passes `client.check`): `samples` rows spread over each table, read
+    through the service, must equal the checkpoint's rows stored as config.row_dtype, byte for byte."""
+    ckpt = read_checkpoint(path)
+    row_format = RowFormat(config.row_dtype, config.head_dim)
+    for layer in config.layer_ids:
+        rows = ckpt.tensors.get(fmt.TABLE_TENSOR.format(L=layer))
+        if rows is None:
+            raise ValueError(f"--checkpoint {path} has no table for Engram layer {layer} (trained without Engram?)")
+        ids = np.unique(np.linspace(0, rows.shape[0] - 1, samples).astype(np.int64))
+        served = client.lookup(table_name(layer), ids)
+        expected = row_format.encode(np.asarray(rows[ids], dtype=np.float32))
+        differ = np.flatnonzero((served != expected).any(axis=1))
+        if differ.size:
+            raise ValueError(f"the service's table {table_name(layer)} does not hold the rows of --checkpoint {path} "
+                             f"({differ.size} of {ids.size} sampled rows differ, the first row {ids[differ[0]]}); "
+                             f"publish them with `engram-memory load --from {path}`")

@@ -7,6 +7,8 @@ rows read from the service, hit rates, exposed wait; `--metrics-port` exports th
 tier to Prometheus (worker_metrics.py). When the service is unreachable it logs a clear error and
 retries instead of serving anything wrong, and resumes when the service answers again. This is what
 docker-compose scales: each worker has its own id and, unless --workload-seed is given, its own text.
+With --checkpoint it runs a trained model (`engram-memory train`) instead of random weights, after
+sampling the service's rows against the checkpoint's, and each round's line carries the text it generated.
 """
 from __future__ import annotations
 
@@ -41,13 +43,18 @@ class WorkerLoopConfig:
     tiers: TierConfig = part(lambda: TierConfig(policy="lookahead"))
     workload: WorkloadConfig = part(lambda: WorkloadConfig(sequences=4, min_len=64, max_len=256, decode_steps=8,
                                                            workload_seed=-1))
-    config: str = field(default="demo", metadata={"help": "EngramConfig preset or JSON file of the tables"})
+    config: str = field(default="", metadata={
+        "help": "EngramConfig preset or JSON file of the tables (default: the --checkpoint's, else demo)"})
+    checkpoint: str = field(default="", metadata={
+        "help": "run a model `engram-memory train` wrote (its index or merged .safetensors) on the service's "
+                "tables, which must hold its rows (`load --from`), and log the text it generates; the "
+                "backbone flags are then the checkpoint's"})
     row_dtype: str = field(default="", metadata={
         "help": "row dtype the tables were loaded with ('': whatever the published tables hold)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when there is one)"})
-    num_layers: int = field(default=16, metadata={"help": "backbone blocks"})
-    hidden_size: int = field(default=256, metadata={"help": "backbone width"})
-    heads: int = field(default=4, metadata={"help": "attention heads"})
+    num_layers: int = field(default=16, metadata={"help": "backbone blocks (random weights)"})
+    hidden_size: int = field(default=256, metadata={"help": "backbone width (random weights)"})
+    heads: int = field(default=4, metadata={"help": "attention heads (random weights)"})
     rounds: int = field(default=0, metadata={"help": "rounds to run (0: until stopped)"})
     retry_s: float = field(default=2.0, metadata={"help": "wait before retrying when the service is down"})
     seed: int = field(default=0, metadata={"help": "seed of the weights (every worker runs the same model)"})
@@ -66,6 +73,8 @@ class WorkerLoopConfig:
             raise ValueError(f"WorkerLoopConfig.log_level must be DEBUG, INFO, WARNING or ERROR (got {self.log_level!r})")
         if not 0 <= self.metrics_port < 65536:
             raise ValueError(f"WorkerLoopConfig.metrics_port must be a TCP port or 0 (got {self.metrics_port})")
+        if self.checkpoint and not os.path.isfile(self.checkpoint):
+            raise ValueError(f"WorkerLoopConfig.checkpoint: no such file {self.checkpoint!r}")
         if self.rounds < 0 or self.retry_s <= 0:
             raise ValueError("WorkerLoopConfig.rounds must be >= 0 and retry_s > 0")
 
@@ -87,7 +96,7 @@ def _row_dtype(client, cfg: "WorkerLoopConfig", config) -> str:
 
 
 def run(cfg: WorkerLoopConfig) -> int:
-    from core.config import EngramConfig
+    from core import checkpoint_format
     from core.logs import setup
     from core.tokenizer import get_compressed_tokenizer
 
@@ -98,14 +107,15 @@ def run(cfg: WorkerLoopConfig) -> int:
     from .remote_backend import RemoteTableBackend
     from .service_tier import ServiceTier
     from .tier_stack import build_tiers
-    from .workload import Runner, make_prompts
+    from .trained_model import check_served_rows, load_trained
+    from .workload import Runner, generated_text, make_prompts
     me = worker_id()
     setup(cfg.log_level, stream=sys.stdout, worker=me)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {cfg.device}: no CUDA device here (torch {torch.__version__}); use --device cpu")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
-    config = EngramConfig.load(cfg.config)
+    config = checkpoint_format.config_for(cfg.config, cfg.checkpoint)
     tokenizer = get_compressed_tokenizer(config.tokenizer)
     if cfg.metrics_port:
         from . import worker_metrics
@@ -122,26 +132,34 @@ def run(cfg: WorkerLoopConfig) -> int:
         except MemoryServiceError as e:
             _emit("ERROR", "memory service unavailable; retrying", error=str(e), target=cfg.client.address)
             time.sleep(cfg.retry_s)
+    if cfg.checkpoint:  # the same geometry may hold other rows: sample them against the checkpoint's
+        check_served_rows(client, cfg.checkpoint, config)
     hasher = NgramHasher(config, tokenizer)
     prefetcher = Prefetcher(hasher, build_tiers(cfg.tiers, ServiceTier(client), config, device))
-    torch.manual_seed(cfg.seed)
-    backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, 1, cfg.heads,
-                              max_positions=cfg.workload.max_len + cfg.workload.decode_steps + 1)
-    model = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer)
-                                         for layer in config.layer_ids}).to(device).eval()
+    backends = {layer: RemoteTableBackend(prefetcher, layer) for layer in config.layer_ids}
+    if cfg.checkpoint:
+        model = load_trained(cfg.checkpoint, local_tables=False, backends=backends, row_dtype=config.row_dtype)
+    else:
+        torch.manual_seed(cfg.seed)
+        backbone = BackboneConfig(cfg.num_layers, cfg.hidden_size, 1, cfg.heads,
+                                  max_positions=cfg.workload.max_len + cfg.workload.decode_steps + 1)
+        model = DemoModel(backbone, config, backends)
+    model = model.to(device).eval()
+    workload = cfg.workload.within(model.cfg.max_positions)
     runner = Runner(model, hasher, prefetcher, pad_id=config.pad_id)
     from .worker_metrics import WorkerMetrics
     metrics = WorkerMetrics(prefetcher)
     workload_seed = cfg.workload.workload_seed if cfg.workload.workload_seed >= 0 else zlib.crc32(me.encode())
     _emit("INFO", "worker ready", target=cfg.client.address, device=str(device), policy=cfg.tiers.policy,
           device_cache_mb=cfg.tiers.device_cache_mb, layers=config.layer_ids, row_dtype=config.row_dtype,
-          workload_seed=workload_seed, metrics_port=cfg.metrics_port)
+          workload_seed=workload_seed, metrics_port=cfg.metrics_port, checkpoint=cfg.checkpoint or None,
+          max_len=workload.max_len)
     done = 0
     while cfg.rounds == 0 or done < cfg.rounds:
-        prompts = make_prompts(tokenizer, dataclasses.replace(cfg.workload, workload_seed=workload_seed + done))
+        prompts = make_prompts(tokenizer, dataclasses.replace(workload, workload_seed=workload_seed + done))
         rows_before = sum(prefetcher.rows_below_device.values())
         try:
-            result = runner.run(prompts, cfg.workload.decode_steps)
+            result = runner.run(prompts, workload.decode_steps)
         except MemoryServiceError as e:
             prefetcher.abandon()
             _emit("ERROR", "memory service unavailable; round abandoned, retrying", error=str(e))
@@ -155,7 +173,8 @@ def run(cfg: WorkerLoopConfig) -> int:
               decode_tokens_per_s=round(result.decode_tokens_per_s, 1),
               rows_from_service=sum(prefetcher.rows_below_device.values()) - rows_before,
               rows_served_total=sum(prefetcher.rows_below_device.values()),
-              device_hit_rate=round(stats.hit_rate, 4), exposed_wait_s_total=round(waits, 3))
+              device_hit_rate=round(stats.hit_rate, 4), exposed_wait_s_total=round(waits, 3),
+              **({"generated": generated_text(tokenizer, prompts, result.tokens, count=1)[0]} if cfg.checkpoint else {}))
     prefetcher.close()
     return 0
 

@@ -8,8 +8,10 @@ from where rows come from, so their tokens/s compare the data path alone.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +29,8 @@ class WorkloadConfig:
     min_len: int = field(default=100, metadata={"help": "shortest prompt, tokens"})
     max_len: int = field(default=512, metadata={"help": "longest prompt, tokens (lengths are uniform in between)"})
     decode_steps: int = field(default=16, metadata={"help": "greedy decode steps after the prefill"})
+    prompts_from: str = field(default="", metadata={
+        "help": "text file the prompts are cut from (default: the shared corpora's Brown, else the packaged sample)"})
     workload_seed: int = field(default=0, metadata={
         "help": "seed of the prompts' lengths and offsets (the worker: -1 takes it from its id, so scaled "
                 "workers replay different text; each round adds its number)"})
@@ -35,21 +39,44 @@ class WorkloadConfig:
         if self.sequences < 1 or self.decode_steps < 0:
             raise ValueError("WorkloadConfig.sequences must be >= 1 and decode_steps >= 0")
         if not 1 <= self.min_len <= self.max_len:
-            raise ValueError(f"WorkloadConfig: need 1 <= min_len <= max_len (got {self.min_len}, {self.max_len})")
+            raise ValueError(f"WorkloadConfig: need 1 <= --min-len <= --max-len (got --min-len {self.min_len}, "
+                             f"--max-len {self.max_len})")
+
+        if self.prompts_from and not Path(self.prompts_from).is_file():
+            raise ValueError(f"WorkloadConfig.prompts_from: no such file {self.prompts_from!r}")
+
+    def within(self, positions: int) -> "WorkloadConfig":
+        """This workload with its prompts cut to fit a model of `positions` positions (a trained
+        checkpoint's are fixed): the longest prompt plus the decode steps, and one spare."""
+        room = positions - self.decode_steps - 1
+        if room < 1:
+            raise ValueError(f"--decode-steps {self.decode_steps} leaves no room for a prompt in the model's "
+                             f"{positions} positions")
+        return dataclasses.replace(self, min_len=min(self.min_len, room), max_len=min(self.max_len, room))
 
 
-def make_prompts(tokenizer, wl: WorkloadConfig, corpus=None) -> list[np.ndarray]:
-    """Prompts cut from real text (Brown corpus, or the packaged sample), lengths U[min_len, max_len]."""
-    path = corpus or corpus_file(ENGLISH) or PACKAGED_SAMPLE
+def make_prompts(tokenizer, wl: WorkloadConfig) -> list[np.ndarray]:
+    """Prompts cut from real text (--prompts-from, the Brown corpus, or the packaged sample), lines
+    kept apart by their newlines, lengths U[min_len, max_len]."""
+    path = wl.prompts_from or corpus_file(ENGLISH) or PACKAGED_SAMPLE
     need = wl.sequences * wl.max_len
-    lines, ids = read_lines(path, max_chars=6 * need + 10_000), []
-    ids = np.array([i for row in tokenizer.encode_batch(lines) for i in row], dtype=np.int64)
+    lines = read_lines(path, max_chars=6 * need + 10_000)
+    ids = np.array([i for row in tokenizer.encode_batch([line + "\n" for line in lines]) for i in row], dtype=np.int64)
+    if len(ids) == 0:
+        raise ValueError(f"--prompts-from {path}: no text")
     while len(ids) < need + 1:
         ids = np.concatenate([ids, ids])
     rng = np.random.default_rng(wl.workload_seed)
     lengths = rng.integers(wl.min_len, wl.max_len + 1, size=wl.sequences)
     starts = rng.integers(0, len(ids) - wl.max_len, size=wl.sequences)
     return [ids[s:s + n] for s, n in zip(starts, lengths)]
+
+
+def generated_text(tokenizer, prompts: list[np.ndarray], tokens: torch.Tensor, count: int = 3,
+                   context: int = 24) -> list[dict]:
+    """The first `count` sequences as text: each prompt's last `context` tokens and what was decoded."""
+    return [{"prompt": tokenizer.decode(prompt[-context:]), "continuation": tokenizer.decode(row)}
+            for prompt, row in zip(prompts[:count], tokens.cpu().numpy())]
 
 
 @dataclass

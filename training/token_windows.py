@@ -41,18 +41,24 @@ def corpus_files(names: list[str]) -> list[Path]:
     return files
 
 
+def split_documents(files: list[Path], doc_lines: int) -> dict[str, list[str]]:
+    """{"train": documents, "val": documents}: each file cut into documents of doc_lines lines,
+    every 20th (by crc32 of the file's name and the document's number) held out."""
+    split = {"train": [], "val": []}
+    for path in files:
+        lines = read_lines(path)
+        for k in range(0, len(lines), doc_lines):
+            held = zlib.crc32(f"{path.name}:{k // doc_lines}".encode()) % HELD_OUT == 0
+            split["val" if held else "train"].append("\n".join(lines[k:k + doc_lines]))
+    return split
+
+
 class TokenWindows:
     def __init__(self, files: list[Path], tokenizer, seq_len: int, doc_lines: int, seed: int):
         self.seq_len, self.seed = seq_len, seed
         self._epoch: tuple[int, np.ndarray | None] = (-1, None)
-        split = {"train": [], "val": []}
-        for path in files:
-            lines = read_lines(path)
-            for k in range(0, len(lines), doc_lines):
-                held = zlib.crc32(f"{path.name}:{k // doc_lines}".encode()) % HELD_OUT == 0
-                split["val" if held else "train"].append("\n".join(lines[k:k + doc_lines]))
         self.windows, self.tokens = {}, {}
-        for name, docs in split.items():
+        for name, docs in split_documents(files, doc_lines).items():
             ids = np.fromiter((i for row in tokenizer.encode_batch(docs) for i in row), dtype=np.int64)
             n = len(ids) // seq_len
             if n == 0:

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from bench.comparison import ComparisonConfig, _phase_waits, report, run_comparison
+from bench.comparison import ComparisonConfig, _phase_waits, run_comparison
+from bench.comparison_report import report
 from memory_service.process import executable
 from model_client.tier_stack import TierConfig
 from model_client.workload import WorkloadConfig
@@ -72,3 +73,21 @@ def test_lookahead_policy_beats_lru_and_keeps_outputs_exact(tmp_path, tiny_json)
         assert out["outputs_match"] is True
         rates[policy] = out["device_cache_hit_rate"]
     assert rates["lookahead"] > rates["lru"], rates
+
+
+def test_a_trained_checkpoint_is_served_and_generates_the_same_text(tmp_path, ds_tokenizer):
+    """demo --checkpoint: the checkpoint's rows in a store of their own, served; the trained model
+    run with them local and remote, bit-identical, its greedy text reported; prompts cut to fit the
+    checkpoint's 32 positions."""
+    from ..trained import trained_checkpoint
+    index = trained_checkpoint(tmp_path, ds_tokenizer)
+    cfg = worker(tmp_path, "", checkpoint=str(index), repeats=1,
+                 workload=WorkloadConfig(sequences=3, min_len=10, max_len=60, decode_steps=4))
+    out = run_comparison(cfg, log=lambda *_: None)
+    assert out["outputs_match"] is True and out["max_len"] == 32 - 4 - 1
+    assert "trained-" in out["table_store"] and out["rows_from_store"] > 0
+    assert len(out["samples"]) == 3 and all(s["continuation"] for s in out["samples"])
+    text = report(out)
+    assert f"trained weights from {index}" in text and "generated through the memory service" in text
+    again = run_comparison(cfg, log=lambda *_: None)  # the store is reused, the text the same
+    assert again["table_store"] == out["table_store"] and again["samples"] == out["samples"]

@@ -58,3 +58,50 @@ def test_worker_waits_for_the_service_serves_and_recovers(tmp_path):
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_worker_runs_a_trained_checkpoint_and_refuses_other_rows(tmp_path, ds_tokenizer):
+    """worker --checkpoint: the served rows are sampled against the checkpoint's, then the trained
+    model generates through the service exactly the text it generates holding its tables; a service
+    with the same geometry but other (random) rows is refused, naming the table."""
+    from core import checkpoint_format
+    from memory_service.loader import LoadConfig, run_load
+    from model_client.hasher import NgramHasher
+    from model_client.trained_model import load_trained
+    from model_client.workload import Runner, WorkloadConfig, generated_text, make_prompts
+
+    from ..served import Server, free_port
+    from ..trained import trained_checkpoint
+    index = trained_checkpoint(tmp_path, ds_tokenizer)
+    config = tmp_path / "trained.json"
+    config.write_text(checkpoint_format.metadata(index)["engram_config"])
+    for db, source in (("db", {"checkpoint": str(index)}), ("random", {"random_init": True, "config": str(config)})):
+        assert run_load(LoadConfig(db=str(tmp_path / db), progress=False, **source)) == 0
+    flags = ["--checkpoint", str(index), "--sequences", "2", "--min-len", "10", "--max-len", "20",
+             "--decode-steps", "5", "--rounds", "1", "--workload-seed", "7", "--device-cache-mb", "1", "--device", "cpu"]
+    port = free_port()
+    server = Server(tmp_path / "db", "--port", str(port), workers=1)
+    try:
+        done = subprocess.run([*command(), "worker", "--target", f"127.0.0.1:{port}", *flags],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr[-2000:]
+    rounds = [e for e in map(json.loads, done.stdout.splitlines()) if e.get("msg") == "round"]
+    generated = rounds[0]["generated"]
+    model = load_trained(index)  # its own tables, in this process
+    hasher = NgramHasher(model.engram_config, ds_tokenizer)
+    wl = WorkloadConfig(sequences=2, min_len=10, max_len=20, decode_steps=5, workload_seed=7)
+    prompts = make_prompts(ds_tokenizer, wl)
+    local = Runner(model, hasher, pad_id=model.engram_config.pad_id).run(prompts, 5)
+    assert generated == generated_text(ds_tokenizer, prompts, local.tokens, count=1)[0]
+    assert generated["continuation"]
+
+    port = free_port()
+    server = Server(tmp_path / "random", "--port", str(port), workers=1)
+    try:
+        refused = subprocess.run([*command(), "worker", "--target", f"127.0.0.1:{port}", *flags],
+                                 capture_output=True, text=True, timeout=300)
+    finally:
+        server.stop()
+    assert refused.returncode == 2 and "table layer1 does not hold the rows of --checkpoint" in refused.stderr

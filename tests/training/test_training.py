@@ -18,30 +18,10 @@ from model_client import MemoryClient
 from model_client.engram import Engram
 from training import checkpoint_writer
 from training.table_rows import TableRows
-from training.token_windows import TokenWindows
-from training.train_config import TrainConfig
 from training.trainer import Trainer
 
 from ..served import Server, free_port
-
-STEPS = 3
-TINY = {"engram_vocab_size": [500, 500], "layer_ids": [1, 2], "n_embed_per_ngram": 32, "n_head_per_ngram": 2}
-
-
-def tiny_cfg(tmp_path, world=1, **changes):
-    config = tmp_path / "engram.json"
-    config.write_text(json.dumps(TINY))
-    base = dict(out=str(tmp_path / "out"), config=str(config), seq_len=32, batch=4, steps=STEPS, warmup=1,
-                eval_every=0, eval_batches=1, world_size=world, device="cpu", corpora=[str(PACKAGED_SAMPLE)],
-                doc_lines=20, progress=False)
-    cfg = TrainConfig(**{**base, **changes})
-    cfg.backbone.num_layers, cfg.backbone.hidden_size, cfg.backbone.heads, cfg.backbone.max_positions = 3, 32, 2, 32
-    return cfg
-
-
-def windows(cfg, tokenizer):
-    return TokenWindows([PACKAGED_SAMPLE], tokenizer, cfg.seq_len, cfg.doc_lines, cfg.seed)
-
+from ..trained import STEPS, tiny_cfg, windows
 
 def run_steps(cfg, tokenizer):
     trainer = Trainer(cfg, windows(cfg, tokenizer))
