@@ -34,7 +34,7 @@ class GateConfig:
     corpora: list[str] = field(default_factory=lambda: list(DEFAULT_CORPORA), metadata={
         "help": "the corpora the model trained on (phrase statistics from the training split, gates on validation)"})
     windows: int = field(default=64, metadata={"help": "validation windows (512 tokens, or the model's max "
-                                                         "positions) to average the gate over"})
+                                                         "positions), spread over the split, to average the gate over"})
     min_count: int = field(default=20, metadata={"help": "a fixed phrase's token pair occurs at least this often"})
     pmi: float = field(default=4.0, metadata={"help": "... with at least this many bits of mutual information"})
     doc_lines: int = field(default=100, metadata={"help": "as the training run's --doc-lines (its validation split)"})
@@ -128,7 +128,7 @@ def run(cfg: GateConfig) -> int:
         print(f"wrote {out / f'gate_{n}.png'}")
     (out / "gate.html").write_text("\n".join(page) + "</body></html>", encoding="utf-8")
     data = TokenWindows(corpus_files(cfg.corpora), tok, min(512, model.cfg.max_positions), cfg.doc_lines, 0)
-    val = data.windows["val"][:cfg.windows]
+    val = data.val_batches(1, min(cfg.windows, len(data.windows["val"])))[0]  # spread over every corpus
     inside = phrase_completions(data.windows["train"].reshape(-1), val, cfg.min_count, cfg.pmi)
     g = np.concatenate([gates(model, hasher, val[i:i + 8]) for i in range(0, len(val), 8)], axis=1)
     stats = {"min_count": cfg.min_count, "pmi_bits": cfg.pmi, "tokens": int(val.size),

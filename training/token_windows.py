@@ -85,12 +85,11 @@ class TokenWindows:
         return self._epoch[1]
 
     def val_batches(self, batches: int, batch: int, rank: int = 0, world: int = 1) -> list[np.ndarray]:
-        """The first batches x batch validation windows (fewer if the split is smaller), rank's slices."""
+        """batches x batch validation windows spread evenly over the whole split (all of it if smaller),
+        rank's slices. Evenly, not the first ones: the split is in file order, so its first windows are
+        all English and a loss over them alone says nothing about the Chinese."""
         windows = self.windows["val"]
         count = max(1, min(batches, len(windows) // batch))
+        picks = np.round(np.linspace(0, len(windows) - 1, count * batch)).astype(np.int64) % len(windows)
         share = batch // world
-        out = []
-        for b in range(count):
-            rows = np.arange(b * batch + rank * share, b * batch + (rank + 1) * share) % len(windows)
-            out.append(windows[rows])
-        return out
+        return [windows[picks[b * batch + rank * share:b * batch + (rank + 1) * share]] for b in range(count)]
