@@ -6,6 +6,7 @@
 # fixed-phrase figure); then the Engram model served, generating text through the memory service
 # from held-out documents (`bench e2e --checkpoint`: local vs served tables, bit-compared).
 #   bench/train_h200.sh OUT [STEPS]      (python3 with this checkout on PYTHONPATH; the shared corpora)
+#   GATE_FONT=FILE: a CJK font file for the gate PNGs' labels where none is installed
 set -euo pipefail
 out=${1:?usage: bench/train_h200.sh OUT [STEPS]}
 steps=${2:-500}   # 500 x 16,384 tokens = 1.95 epochs of the 4.2M training tokens; later it overfits
@@ -18,7 +19,7 @@ em train "${common[@]}" --out "$run/engram"
 em train "${common[@]}" --out "$run/base" --no-engram
 em train "${common[@]}" --out "$run/iso" --no-engram --hidden-size 1152
 checkpoint=$run/engram/model.safetensors.index.json
-em gate --checkpoint "$checkpoint" --out "$out/gate"
+em gate --checkpoint "$checkpoint" --out "$out/gate" ${GATE_FONT:+--font "$GATE_FONT"}
 python3 -m bench.train_plot engram="$run/engram" base="$run/base" iso="$run/iso" --gate "$out/gate" \
     --out "$out/train_h200"
 

@@ -38,8 +38,12 @@ class GateConfig:
     min_count: int = field(default=20, metadata={"help": "a fixed phrase's token pair occurs at least this often"})
     pmi: float = field(default=4.0, metadata={"help": "... with at least this many bits of mutual information"})
     doc_lines: int = field(default=100, metadata={"help": "as the training run's --doc-lines (its validation split)"})
+    font: str = field(default="", metadata={"help": "a .ttf/.ttc font file for the PNG labels, e.g. one with CJK "
+                                                    "glyphs where none is installed (default: installed fonts)"})
 
     def __post_init__(self):
+        if self.font and not Path(self.font).is_file():
+            raise ValueError(f"--font {self.font}: no such font file")
         if not self.text:
             raise ValueError("--text: give at least one text")
         if self.windows < 1 or self.min_count < 1:
@@ -61,12 +65,15 @@ def gates(model, hasher, ids: np.ndarray) -> np.ndarray:
             e.gate_sink = None
 
 
-def _fonts() -> list[str]:
-    """A CJK-capable font first where one is installed (else Chinese labels draw as boxes: the HTML
-    page shows them either way)."""
+def _fonts(extra: str = "") -> list[str]:
+    """extra (a font file) first, then a CJK-capable font where one is installed (else Chinese labels
+    draw as boxes: the HTML page shows them either way)."""
     import warnings
 
     from matplotlib import font_manager
+    if extra:
+        font_manager.fontManager.addfont(extra)
+        return [font_manager.FontProperties(fname=extra).get_name(), "DejaVu Sans"]
     names = {f.name for f in font_manager.fontManager.ttflist}
     cjk = [n for n in ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "AR PL UMing CN") if n in names]
     if not cjk:
@@ -115,7 +122,7 @@ def run(cfg: GateConfig) -> int:
         labels = [tok.tokenizer.decode([int(i)]) for i in ids[0]]
         fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(labels)), 1 + 0.5 * len(layers)))
         im = ax.imshow(g, aspect="auto", cmap="Reds", vmin=0, vmax=1)
-        ax.set_xticks(range(len(labels)), labels, rotation=70, fontsize=8, fontfamily=_fonts())
+        ax.set_xticks(range(len(labels)), labels, rotation=70, fontsize=8, fontfamily=_fonts(cfg.font))
         ax.set_yticks(range(len(layers)), [f"layer {L}" for L in layers])
         fig.colorbar(im, ax=ax, label="gate")
         fig.tight_layout()
@@ -141,7 +148,8 @@ def run(cfg: GateConfig) -> int:
     ax.bar(x + 0.2, [stats["layers"][str(L)]["other"] for L in layers], 0.4, label="other tokens")
     ax.set_xticks(x, [f"layer {L}" for L in layers])
     ax.set_ylabel("mean gate")
-    ax.legend()
+    ax.set_ylim(0, 1.2)  # room above the bars (a gate is at most 1) for the legend
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "gate_phrases.png", dpi=120)
     (out / "gate_phrases.json").write_text(json.dumps(stats, indent=1))
