@@ -21,6 +21,7 @@ import numpy as np
 
 from . import chunk_map, huge_pages
 from .manifest import LOADING, PUBLISHED, READY, TableManifest
+from .page_reader import PageReader
 from .store import DROPPING, StoreError, TableStore, manifest_key
 from .table_view import TableView
 
@@ -28,8 +29,11 @@ logger = logging.getLogger("engram_memory")
 
 
 class Snapshot:
-    def __init__(self, store: TableStore, huge: bool = False, verify: bool = True):
+    def __init__(self, store: TableStore, huge: bool = False, verify: bool = True,
+                 pages: PageReader | None = None, pages_above: int = 0):
+        """pages: read ahead of the gather the pages of tables of more than pages_above bytes."""
         self.store, self.verify = store, verify
+        self.pages, self.pages_above = pages, pages_above
         self.huge = huge  # advise huge pages over the map's used bytes (huge_pages.py)
         self.txn = store.env.begin(buffers=True)
         self.txnid = self.txn.id()
@@ -57,8 +61,10 @@ class Snapshot:
                                                         manifest_key(table, manifest.version), self._psize)
                         if self.huge:
                             huge_pages.advise(self._base, self.limit)
+                    big = manifest.stored_rows * manifest.row_bytes > self.pages_above
                     self.views[(table, manifest.version)] = view = TableView(
-                        manifest, self.txn, self.store, self._base, self.limit, self.verify)
+                        manifest, self.txn, self.store, self._base, self.limit, self.verify,
+                        self.pages if big else None)
                     if version == 0:
                         self.views[key] = view
         return self.views[key]
@@ -70,10 +76,14 @@ class Snapshot:
 
 class StoreReader:
     def __init__(self, store: TableStore, refresh_s: float = 0.05, huge_pages: str = "auto",
-                 verify_rows: bool = True):
+                 verify_rows: bool = True, read_depth: int = 0, read_bytes: int = 4096, read_above: int = 0):
         """huge_pages: auto (when the store fits in half the memory), on or off; huge_pages.py.
-        verify_rows: check every row read against its stored sum (row_check.py)."""
+        verify_rows: check every row read against its stored sum (row_check.py).
+        read_depth: > 0 reads the pages a batch needs from tables of more than read_above bytes with
+        that many reads in flight, at most read_bytes each, before the gather (page_reader.py)."""
         self.store = store
+        self.pages = PageReader(store.path / "data.mdb", read_depth, read_bytes) if read_depth else None
+        self.read_above = read_above
         self.refresh_s = refresh_s
         self.huge_pages, self.verify_rows = huge_pages, verify_rows
         # the file itself, to see it shrink: a read beyond its end through the map would kill the
@@ -130,7 +140,7 @@ class StoreReader:
             old.close()
 
     def _new_snapshot(self) -> Snapshot:
-        snap = Snapshot(self.store, verify=self.verify_rows)
+        snap = Snapshot(self.store, verify=self.verify_rows, pages=self.pages, pages_above=self.read_above)
         snap.huge = huge_pages.wanted(self.huge_pages, snap.limit)
         return snap
 
@@ -147,3 +157,6 @@ class StoreReader:
             if self._file >= 0:
                 os.close(self._file)
                 self._file = -1
+            if self.pages is not None:
+                self.pages.close()
+                self.pages = None

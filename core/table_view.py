@@ -16,14 +16,17 @@ import numpy as np
 from . import chunk_map, row_check
 from .errors import BadRowIds
 from .manifest import TableManifest
+from .page_reader import PageReader, pages_of
 from .store import StoreError, TableStore, chunk_key
 
 logger = logging.getLogger("engram_memory")
 
 
 class TableView:
-    def __init__(self, manifest: TableManifest, txn, store: TableStore, base: int, limit: int, verify: bool = True):
-        self.manifest = manifest
+    def __init__(self, manifest: TableManifest, txn, store: TableStore, base: int, limit: int, verify: bool = True,
+                 pages: PageReader | None = None):
+        """pages: read the pages a batch needs ahead of the gather, many at once (page_reader.py)."""
+        self.manifest, self.pages = manifest, pages
         if manifest.row_check != row_check.FORMAT:
             raise StoreError("not_ready", f"table {manifest.table} v{manifest.version} was stored "
                              "without per-row checksums (by engram-memory before 0.2), so its rows cannot be "
@@ -55,6 +58,7 @@ class TableView:
                            "it without reading it", manifest.table, manifest.version, self.chunks_read,
                            manifest.num_chunks)
         addresses = np.array(addresses, dtype=np.int64)
+        self.file_start = int(addresses.min()) - base  # the span's offset in data.mdb
         base = int(addresses.min())
         span = int((addresses + np.array(lengths)).max()) - base
         memory = (ctypes.c_char * span).from_address(base)  # the map pages this table lives in
@@ -102,6 +106,15 @@ class TableView:
         chunk = row_ids >> self.shift
         return self.chunk_offsets[chunk] + (row_ids - (chunk << self.shift)) * self.manifest.row_bytes
 
+    def _read_pages(self, local: np.ndarray) -> None:
+        """The pages under the rows and under their checksums, read ahead of the gather."""
+        if self.pages is None or not len(local):
+            return
+        chunk = local >> self.shift
+        sums = (self.sum_index[chunk] + (local & ((1 << self.shift) - 1))) * 4
+        self.pages.read(np.union1d(pages_of(self.file_start + self._offsets(local), self.manifest.row_bytes),
+                                   pages_of(self.file_start + sums, 4) if self.verify else []).astype(np.int64))
+
     def _by_chunk(self, row_ids: np.ndarray, out: np.ndarray) -> bool:
         """Sorted batches (what clients send after deduplicating), rows not a divisor of the page
         alignment (e.g. 160 B): one contiguous np.take per chunk touched, 2.6 -> 2.2 ms per 65,536
@@ -122,6 +135,7 @@ class TableView:
         """Rows of int64 ids [N] into the caller's uint8 [N, row_bytes]; out-of-range ids raise, and
         rows that fail their checksum raise DATA_LOSS (`out` then holds no row to use)."""
         local = self.check(row_ids)
+        self._read_pages(local)
         if not (self.per_row > 1 and self._by_chunk(local, out)):
             offsets = self._offsets(local)
             if self.units is None:
@@ -138,6 +152,7 @@ class TableView:
         if self.per_row == 1:
             return self.gather_into(row_ids, np.empty((len(row_ids), self.manifest.row_bytes), dtype=np.uint8))
         local = self.check(row_ids)  # whole rows in one fancy index beat k units per row (no copy after)
+        self._read_pages(local)
         out = np.empty((len(local), self.manifest.row_bytes), dtype=np.uint8)
         if not self._by_chunk(local, out):
             out = self.rows[self._offsets(local)].view(np.uint8).reshape(len(local), self.manifest.row_bytes)

@@ -103,8 +103,10 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     store = TableStore(cfg.db)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000, huge_pages=cfg.huge_pages,
-                         verify_rows=cfg.verify_rows)
+                         verify_rows=cfg.verify_rows, read_depth=cfg.read_depth, read_bytes=cfg.read_bytes,
+                         read_above=memory // 2 if cfg.read_above_mb < 0 else cfg.read_above_mb << 20)
     limit = cfg.max_message_mb << 20
     # Calls beyond `threads` wait for a thread, up to 4x threads in flight; beyond that RESOURCE_EXHAUSTED
     # (clients retry). Streams take at most cfg.stream_limit of the threads (stream_governor.py).

@@ -39,6 +39,16 @@ class ServiceConfig:
     huge_pages: str = field(default="auto", metadata={
         "help": "map table pages 2 MiB at a time (one TLB entry per 2 MiB of rows): auto = when the "
                 "store's used bytes fit in half of the memory; on; off (core/huge_pages.py)"})
+    # 16 reads in flight per process x 4 processes = 64 at the drive, where NVMe random 4 KiB reads
+    # level off (DESIGN.md: ~6x10^4/s here at 16); the measurement behind it: BENCHMARKS.md, issue 19
+    read_depth: int = field(default=16, metadata={
+        "help": "reads in flight per server process for rows not in the page cache, read ahead of the "
+                "gather (core/page_reader.py; 0: off, rows fault in one page at a time)"})
+    read_bytes: int = field(default=4096, metadata={
+        "help": "the most one such read covers, bytes (a multiple of 4096): runs of adjacent pages up to it"})
+    read_above_mb: int = field(default=-1, metadata={
+        "help": "read ahead only for tables of more than this many MiB (-1: half of this machine's memory, "
+                "below which a table's pages stay cached once read)"})
     trim_s: float = field(default=60.0, metadata={
         "help": "seconds between giving freed heap memory back to the kernel (malloc_trim; 0: never): "
                 "responses keep up to 256 MiB of freed buffers for reuse in between"})
@@ -91,6 +101,10 @@ class ServiceConfig:
         check("refresh_ms", self.refresh_ms >= 1, "must be >= 1")
         check("grace_s", self.grace_s >= 0, "must be >= 0")
         check("trim_s", self.trim_s >= 0, "must be >= 0 (0: never)")
+        check("read_depth", 0 <= self.read_depth <= 256, "must be in [0, 256] (0: off)")
+        check("read_bytes", self.read_bytes >= 4096 and self.read_bytes % 4096 == 0 and self.read_bytes <= 1 << 20,
+              "must be a multiple of 4096 in [4096, 1048576]")
+        check("read_above_mb", self.read_above_mb >= -1, "must be >= 0 MiB, or -1 for half the memory")
         check("huge_pages", self.huge_pages in ("auto", "on", "off"), "must be auto, on or off")
         check("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "must be a log level")
         check("db", bool(self.db), "name the table store: --db DIR (or \"db\" in --config FILE)")

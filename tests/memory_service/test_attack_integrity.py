@@ -37,10 +37,12 @@ def store_with(tmp_path, name="db"):
     return db
 
 
-def test_flipped_bytes_are_data_loss_never_rows(tmp_path):
+@pytest.mark.parametrize("flags", [("--read-depth", "0"), ("--read-depth", "4", "--read-above-mb", "0")],
+                         ids=["page-faults", "read-ahead"])
+def test_flipped_bytes_are_data_loss_never_rows(tmp_path, flags):
     db = store_with(tmp_path)
     expect = expected_rows(LAYER)
-    server = Server(db, workers=2)
+    server = Server(db, *flags, workers=2)
     try:
         server.wait_serving()
         victim_row, neighbour = 1500, 1501                              # mid-chunk (chunks of 1024 rows)
