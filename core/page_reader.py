@@ -9,6 +9,12 @@ cache, and the gather then finds every page resident and reads the published byt
 as always, with the same per-row checksum (a failure is DATA_LOSS, never a row). LMDB stays the
 store and the source of truth; this only decides *when* its pages come off the disk.
 
+Two ways to keep reads in flight (`mode`): "threads", `depth` threads each doing blocking preads,
+or "advise", one POSIX_FADV_WILLNEED per run of pages from the calling thread: the kernel queues the
+read and returns, so every page of the batch is in flight at once up to the block layer's queue
+(nr_requests), and the gather's faults wait for the reads already under way. No threads, no GIL
+traffic; which is faster is measured in BENCHMARKS.md (issue 19).
+
 Pages already cached cost one syscall each (~1 us, a copy of 4 KiB) and no disk read. Pages shared
 by several rows are read once; runs of adjacent pages up to `read_bytes` are one read. One
 syscall is the unit of work here, so the loop in each thread is per read, not per row.
@@ -48,17 +54,20 @@ def runs_of(pages: np.ndarray, max_pages: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PageReader:
-    def __init__(self, path, depth: int = 32, read_bytes: int = PAGE):
-        """path: the store's data.mdb; depth: reads in flight (threads); read_bytes: the most one
-        read covers (a multiple of 4 KiB), for runs of adjacent pages."""
+    def __init__(self, path, depth: int = 32, read_bytes: int = PAGE, mode: str = "threads"):
+        """path: the store's data.mdb; depth: reads in flight (threads mode); read_bytes: the most
+        one read covers (a multiple of 4 KiB), for runs of adjacent pages; mode: threads or advise."""
         if depth < 1 or read_bytes < PAGE or read_bytes % PAGE:
             raise ValueError(f"PageReader: depth {depth} must be >= 1 and read_bytes {read_bytes} a "
                              f"positive multiple of {PAGE}")
+        if mode not in ("threads", "advise"):
+            raise ValueError(f"PageReader: mode {mode!r} must be threads or advise")
+        self.mode = mode
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         # no readahead on this descriptor: a random 4 KiB read must not pull in 128 KiB around it
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
         self.depth, self.max_pages = depth, read_bytes // PAGE
-        self.pool = ThreadPoolExecutor(depth, thread_name_prefix="page-read")
+        self.pool = ThreadPoolExecutor(depth, thread_name_prefix="page-read") if mode == "threads" else None
         self._local = threading.local()
         self.reads = self.pages = 0  # totals, for metrics and benchmarks
 
@@ -79,18 +88,23 @@ class PageReader:
         first, count = runs_of(pages, self.max_pages)
         if not len(first):
             return 0
+        self.reads += len(first)
+        self.pages += int(count.sum())
+        if self.pool is None:  # advise: queued, not waited for (the gather's faults wait)
+            for page, n in zip((first * PAGE).tolist(), (count * PAGE).tolist()):
+                os.posix_fadvise(self.fd, page, n, os.POSIX_FADV_WILLNEED)
+            return len(first)
         # interleaved shares (read i goes to thread i % depth): equal work, and the drive sees
         # requests spread over the file rather than one thread's sorted run after another's
         shares = min(self.depth, len(first))
         futures = [self.pool.submit(self._read, first[k::shares], count[k::shares]) for k in range(shares)]
         for f in futures:
             f.result()
-        self.reads += len(first)
-        self.pages += int(count.sum())
         return len(first)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -44,6 +44,9 @@ class ServiceConfig:
     read_depth: int = field(default=16, metadata={
         "help": "reads in flight per server process for rows not in the page cache, read ahead of the "
                 "gather (core/page_reader.py; 0: off, rows fault in one page at a time)"})
+    read_mode: str = field(default="threads", metadata={
+        "help": "how: threads (read_depth threads of preads) or advise (the kernel queues every page of a "
+                "request at once, POSIX_FADV_WILLNEED; read_depth then only switches it on)"})
     read_bytes: int = field(default=4096, metadata={
         "help": "the most one such read covers, bytes (a multiple of 4096): runs of adjacent pages up to it"})
     read_above_mb: int = field(default=-1, metadata={
@@ -102,6 +105,7 @@ class ServiceConfig:
         check("grace_s", self.grace_s >= 0, "must be >= 0")
         check("trim_s", self.trim_s >= 0, "must be >= 0 (0: never)")
         check("read_depth", 0 <= self.read_depth <= 256, "must be in [0, 256] (0: off)")
+        check("read_mode", self.read_mode in ("threads", "advise"), "must be threads or advise")
         check("read_bytes", self.read_bytes >= 4096 and self.read_bytes % 4096 == 0 and self.read_bytes <= 1 << 20,
               "must be a multiple of 4096 in [4096, 1048576]")
         check("read_above_mb", self.read_above_mb >= -1, "must be >= 0 MiB, or -1 for half the memory")

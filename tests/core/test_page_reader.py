@@ -28,6 +28,8 @@ def test_bad_depth_or_read_size_is_refused(tmp_path):
     for depth, size in ((0, PAGE), (4, 1000), (4, 0)):
         with pytest.raises(ValueError, match="depth"):
             PageReader(tmp_path / "f", depth, size)
+    with pytest.raises(ValueError, match="mode 'uring'"):
+        PageReader(tmp_path / "f", 4, PAGE, "uring")
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +41,13 @@ def store(tmp_path_factory):
     s.close()
 
 
+@pytest.mark.parametrize("mode", ["threads", "advise"])
 @pytest.mark.parametrize("layer", [1, 2])
-def test_rows_read_ahead_are_bit_exact_and_every_page_is_read_once(store, layer):
+def test_rows_read_ahead_are_bit_exact_and_every_page_is_read_once(store, layer, mode):
     s, manifests = store
     m = manifests[layer]
     expect = expected_rows(layer)
-    reader = StoreReader(s, read_depth=4, read_bytes=2 * PAGE, read_above=0)
+    reader = StoreReader(s, read_depth=4, read_bytes=2 * PAGE, read_above=0, read_mode=mode)
     fd = os.open(s.path / "data.mdb", os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # as cold as the kernel lets an open map be
