@@ -90,7 +90,7 @@ class PageReader:
             return 0
         self.reads += len(first)
         self.pages += int(count.sum())
-        if self.pool is None:  # advise: queued, not waited for (the gather's faults wait)
+        if self.mode == "advise":  # queued, not waited for (the gather's faults wait)
             for page, n in zip((first * PAGE).tolist(), (count * PAGE).tolist()):
                 os.posix_fadvise(self.fd, page, n, os.POSIX_FADV_WILLNEED)
             return len(first)

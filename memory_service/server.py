@@ -20,6 +20,7 @@ from concurrent import futures
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from core.huge_pages import memory_bytes
 from core.logs import log, setup
 
 from .service_config import ServiceConfig  # noqa: F401 (the CLI finds ServiceConfig here)
@@ -103,7 +104,7 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     store = TableStore(cfg.db)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = memory_bytes()  # or the container's limit
     reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000, huge_pages=cfg.huge_pages,
                          verify_rows=cfg.verify_rows, read_depth=cfg.read_depth, read_bytes=cfg.read_bytes,
                          read_above=memory // 2 if cfg.read_above_mb < 0 else cfg.read_above_mb << 20,

@@ -39,9 +39,9 @@ class ServiceConfig:
     huge_pages: str = field(default="auto", metadata={
         "help": "map table pages 2 MiB at a time (one TLB entry per 2 MiB of rows): auto = when the "
                 "store's used bytes fit in half of the memory; on; off (core/huge_pages.py)"})
-    # 16 reads in flight per process x 4 processes = 64 at the drive, where NVMe random 4 KiB reads
-    # level off (DESIGN.md: ~6x10^4/s here at 16); the measurement behind it: BENCHMARKS.md, issue 19
-    read_depth: int = field(default=16, metadata={
+    # off until issue 19's measurement against fio sets the default (first figures, noisy, on 2 cores:
+    # 16 threads of preads gave fewer reads/s than one; advise matched fio at queue depth 64)
+    read_depth: int = field(default=0, metadata={
         "help": "reads in flight per server process for rows not in the page cache, read ahead of the "
                 "gather (core/page_reader.py; 0: off, rows fault in one page at a time)"})
     read_mode: str = field(default="threads", metadata={
