@@ -1,12 +1,19 @@
-"""`engram-memory bench scale`: the memory service as its table outgrows RAM.
+"""`engram-memory bench scale`: the memory service on a table larger than RAM, from a cold page cache.
 
-For tables of 1, 4, 16 and 32 GiB of rows (one Engram layer, bf16 x 64 = 128 B rows) the service
-starts with the table's pages evicted from the page cache, and client processes replay a real-text
-trace (Brown, hashed into that table) through a device RowCache of 1% of the table, sending each
-decode-sized step's misses to the service. Reported per size: the service's rows/s and p50/p99
-latency over the run and over its last third (once the page cache has warmed what fits), the device
-cache hit rate, and what the server processes read from disk (/proc/<pid>/io read_bytes) and their
-major page faults, i.e. page-cache misses.
+For each table size (default 1.5x this machine's RAM; one Engram layer of bf16 x 64 = 128 B rows,
+a seeded init), each server read path (--read-modes: the gather's page faults, POSIX_FADV_WILLNEED
+read-ahead, a thread pool of preads; core/page_reader.py) and each request size (--request-rows:
+8,192 ids, a decode step of 512 sequences x 16 columns, and 65,536, a 4,096-token prefill), the
+service restarts with the table's pages dropped from the page cache and runs two phases:
+
+- cold (cold_rows.py): every requested row on a page no earlier request touched, so each row is
+  one disk read; rows/s as a ratio of fio's 4 KiB random-read IOPS on the same file at the queue
+  depth the phase kept (/proc/diskstats), p50/p99 per request.
+- trace: client processes replay Brown text hashed into the table through a device RowCache of 1%
+  of the table, sending each step's misses: rows/s, p50/p99, the device-cache hit rate, and the
+  page-cache hit rate (1 - disk reads / rows served).
+
+Every row received in either phase is compared byte for byte with the loaded value at the end.
 """
 from __future__ import annotations
 
@@ -21,28 +28,47 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cold_rows
 from .report import machine, process_tree, write_rows
+
+RAM_GIB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 @dataclass
 class ScaleBenchConfig:
-    sizes_gb: list[float] = field(default_factory=lambda: [1, 4, 16, 32], metadata={
-        "type": float, "help": "table sizes, GiB of rows on disk"})
+    sizes_gb: list[float] = field(default_factory=lambda: [float(np.ceil(1.5 * RAM_GIB))], metadata={
+        "type": float, "help": "table sizes, GiB of rows on disk (default: 1.5x this machine's RAM, rounded up)"})
+    request_rows: list[int] = field(default_factory=lambda: [8192, 65536], metadata={
+        "type": int, "help": "row ids per request: 8,192 = a decode step of 512 sequences x 16 columns, "
+                             "65,536 = a 4,096-token prefill"})
+    read_modes: list[str] = field(default_factory=lambda: list(cold_rows.READ_MODES), metadata={
+        "help": f"server read paths to run: {', '.join(cold_rows.READ_MODES)}"})
+    phases: list[str] = field(default_factory=lambda: ["cold", "trace"], metadata={
+        "help": "cold (every row a disk read, against fio) and/or trace (real text through a device cache)"})
+    fio_depths: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256], metadata={
+        "type": int, "help": "queue depths of fio's curve, besides each cold phase's own"})
+    fio_s: float = field(default=10.0, metadata={"help": "seconds of each fio run"})
     db_dir: str = field(default="", metadata={"help": "where the stores go (default: a temporary directory)"})
-    keep: bool = field(default=False, metadata={"help": "keep the stores after the run"})
-    duration_s: float = field(default=30.0, metadata={"help": "seconds of lookups per size"})
-    clients: int = field(default=2, metadata={"help": "client processes"})
+    keep: bool = field(default=False, metadata={"help": "keep the stores after the run (a rerun reuses them)"})
+    duration_s: float = field(default=20.0, metadata={"help": "seconds of lookups per phase"})
+    clients: int = field(default=4, metadata={"help": "client processes (one request in flight each)"})
     server_workers: int = field(default=4, metadata={"help": "server processes"})
-    step_tokens: int = field(default=64, metadata={"help": "tokens per step (a decode step of 64 sequences)"})
     replot: list[str] = field(default_factory=list, metadata={
         "help": "only draw one PNG (--out with .png) from these JSON results of earlier runs, measuring nothing"})
     out: str = field(default="bench-out/scale.json", metadata={"help": "JSON output; a PNG beside it; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):
         if not self.sizes_gb or min(self.sizes_gb) <= 0:
-            raise ValueError("ScaleBenchConfig.sizes_gb must be positive")
+            raise ValueError("--sizes-gb must be positive")
         if self.clients < 1 or self.duration_s <= 0:
-            raise ValueError("ScaleBenchConfig.clients must be >= 1 and duration_s > 0")
+            raise ValueError("--clients must be >= 1 and --duration-s > 0")
+        if not self.request_rows or min(self.request_rows) < 1:
+            raise ValueError("--request-rows must be >= 1")
+        bad = [m for m in self.read_modes if m not in cold_rows.READ_MODES]
+        if bad or not self.read_modes:
+            raise ValueError(f"--read-modes: {bad or 'none'}; choose from {', '.join(cold_rows.READ_MODES)}")
+        if not set(self.phases) <= {"cold", "trace"} or not self.phases:
+            raise ValueError(f"--phases {self.phases}: choose cold and/or trace")
 
 
 def config_for(gib: float):
@@ -52,21 +78,25 @@ def config_for(gib: float):
     return EngramConfig(engram_vocab_size=[vocab, vocab], layer_ids=[1], row_dtype="bfloat16")
 
 
-def _proc_io(pids) -> tuple[int, int]:
-    """(bytes read from storage, major faults) summed over processes."""
-    read, faults = 0, 0
+def _process_counters(pids) -> tuple[int, float]:
+    """(major page faults, CPU seconds) summed over processes."""
+    faults, ticks = 0, 0
     for pid in pids:
         try:
-            for line in open(f"/proc/{pid}/io"):
-                if line.startswith("read_bytes:"):
-                    read += int(line.split()[1])
-            faults += int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[9])
-        except OSError:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            faults, ticks = faults + int(f[9]), ticks + int(f[11]) + int(f[12])
+        except (OSError, IndexError):
             pass
-    return read, faults
+    return faults, ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _client(target, config_json, trace, step_rows, duration_s, start_at, results):
+def _machine_busy() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot (/proc/stat), iowait counted idle."""
+    ticks = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def _trace_client(target, config_json, trace, step_rows, duration_s, start_at, results):
     import torch
 
     from model_client import EngramConfig, MemoryClient, MemoryServiceError, TableGeometry
@@ -74,12 +104,12 @@ def _client(target, config_json, trace, step_rows, duration_s, start_at, results
     config = EngramConfig.from_dict(config_json)
     table_rows = TableGeometry.from_config(config).rows(1)
     cache = RowCache(table_rows // 100 * config.row_bytes, config.row_bytes)  # 1% of the table
-    latencies, times, rows, hits, lookups, errors = [], [], 0, 0, 0, []
-    with MemoryClient(target, channels=2) as client:
+    latencies, hits, lookups, errors, got_ids, got_rows, i = [], 0, 0, [], [], [], 0
+    with MemoryClient(target, channels=1) as client:
         client.describe("layer1")
-        while time.time() < start_at:
+        while time.time() < start_at.value or start_at.value == 0:
             time.sleep(0.001)
-        t_start, i = time.perf_counter(), 0
+        t_start = time.perf_counter()
         while time.perf_counter() - t_start < duration_s:
             ids = torch.unique(torch.from_numpy(trace[i:i + step_rows]))
             i = (i + step_rows) % (len(trace) - step_rows)
@@ -92,36 +122,106 @@ def _client(target, config_json, trace, step_rows, duration_s, start_at, results
                 errors.append(str(e))
                 continue
             latencies.append(time.perf_counter() - t0)
-            times.append(t0 - t_start)
             cache.insert(miss, torch.from_numpy(got))
-            rows += len(miss)
+            got_ids.append(miss.numpy())
+            got_rows.append(got)
             hits += int(hit.sum())
             lookups += len(ids)
-        results.put((rows, time.perf_counter() - t_start, latencies, times, hits, lookups, errors))
+        wall = time.perf_counter() - t_start
+    ids = np.concatenate(got_ids) if got_ids else np.zeros(0, np.int64)
+    rows = np.concatenate(got_rows) if got_rows else np.zeros((0, config.row_bytes), np.uint8)
+    results.put((wall, latencies, ids, rows, errors, False, hits, lookups))
 
 
-def replot(paths: list[str], out: str) -> int:
-    import json
-    series = {}
-    for path in paths:
-        rows = json.loads(Path(path).read_text())
-        note = ", huge pages" if any(r.get("huge_pages") for r in rows) or "hugepages" in path else ", 4 KiB pages"
-        series[f"{Path(path).name} ({rows[0]['date']}{note})"] = sorted(rows, key=lambda r: r["table_gib"])
-    png = Path(out).with_suffix(".png")
-    plot(series, png)
-    print(f"wrote {png}")
-    return 0
+def _phase(kind, gib, db, config, mode, request_rows, cfg, device, trace) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One phase on a freshly started server from a cold page cache: its result row, ids and rows."""
+    from memory_service.process import ServiceProcess
+    from model_client import MemoryClient
+    cold_rows.drop_cache(db / "data.mdb")
+    server = ServiceProcess(db, *cold_rows.READ_MODES[mode], workers=cfg.server_workers)
+    try:
+        server.wait_serving()
+        with MemoryClient(server.target) as probe:  # opens the table: read paths warm its checksums
+            table_rows = probe.describe("layer1").num_rows
+            probe.lookup("layer1", np.arange(cfg.server_workers * 8, dtype=np.int64) * 4099)
+        warm_s = cold_rows.wait_quiet(device)
+        ctx = mp.get_context("spawn")
+        results, start_at = ctx.Queue(), ctx.Value("d", 0.0)
+        if kind == "cold":
+            per_client = int(cfg.duration_s * 400_000 / cfg.clients)  # more than a disk serves in the time
+            parts = cold_rows.cold_ids(table_rows, cfg.clients, per_client, seed=request_rows)
+            procs = [ctx.Process(target=cold_rows.cold_client, args=(server.target, part, request_rows,
+                                                                     cfg.duration_s, start_at, results))
+                     for part in parts]
+        else:
+            procs = [ctx.Process(target=_trace_client, args=(server.target, config.to_dict(), part, request_rows,
+                                                             cfg.duration_s, start_at, results))
+                     for part in np.array_split(trace, cfg.clients)]
+        for p in procs:
+            p.start()
+        time.sleep(3)  # the clients connect and describe the table
+        pids = process_tree(server.proc.pid)
+        (faults0, cpu0), busy0, disk0 = _process_counters(pids), _machine_busy(), cold_rows.DiskCounters.sample(device)
+        start_at.value = time.time()
+        answers = [results.get(timeout=cfg.duration_s + 300) for _ in procs]
+        disk = cold_rows.DiskCounters.sample(device).since(disk0)
+        (faults, cpu), busy = _process_counters(pids), _machine_busy()
+        faults, cpu, busy = faults - faults0, cpu - cpu0, (busy[0] - busy0[0]) / max(1, busy[1] - busy0[1])
+        for p in procs:
+            p.join()
+    finally:
+        server.stop()
+    wall = max(a[0] for a in answers)
+    lat = sorted(x for a in answers for x in a[1])
+    ids = np.concatenate([a[2] for a in answers])
+    rows = np.concatenate([a[3] for a in answers])
+    row = {"bench": f"scale-{kind}", "table_gib": gib, "table_rows": table_rows, "row_bytes": 128,
+           "ram_gib": round(RAM_GIB, 1), "read_mode": mode, "read_flags": " ".join(cold_rows.READ_MODES[mode]),
+           "request_rows": request_rows, "clients": cfg.clients, "server_workers": cfg.server_workers,
+           "requests": len(lat), "rows_served": len(ids), "rows_per_s": len(ids) / wall,
+           "p50_ms": 1e3 * statistics.median(lat) if lat else None,
+           "p99_ms": 1e3 * lat[int(0.99 * (len(lat) - 1))] if lat else None,
+           "warm_up_s": warm_s, **disk, "disk_reads_per_row": disk["disk_reads"] / max(1, len(ids)),
+           "major_faults": faults, "server_cpu_us_per_row": 1e6 * cpu / max(1, len(ids)),
+           "machine_cpu_busy": busy, "failed_requests": sum(len(a[4]) for a in answers),
+           "ran_out_of_ids": any(a[5] for a in answers)}
+    if kind == "trace":
+        row["device_hit_rate"] = sum(a[6] for a in answers) / max(1, sum(a[7] for a in answers))
+        row["page_cache_hit_rate"] = max(0.0, 1 - disk["disk_reads"] / max(1, len(ids)))
+    for a in answers:
+        for error in a[4][:3]:
+            print(f"      {error}", flush=True)
+    return row, ids, rows
+
+
+def _table(base: Path, gib: float, tokenizer):
+    """The store of a gib-sized table under base, loaded (seeded init 0) unless it already is."""
+    from core.store import TableStore
+    from memory_service.checkpoint import RandomRows
+    from memory_service.loader import load_layer
+    config, db = config_for(gib), base / f"table-{gib:g}GiB"
+    db.mkdir(parents=True, exist_ok=True)
+    store = TableStore(db, bulk=True)
+    try:
+        if not store.current_version("layer1"):
+            free = shutil.disk_usage(db).free
+            if free < gib * 2**30 * 1.1:
+                raise SystemExit(f"bench scale: a {gib:g} GiB table needs {gib * 1.1:.0f} GiB free in {db}; "
+                                 f"{free / 2**30:.0f} GiB are (--db-dir elsewhere, or smaller --sizes-gb)")
+            print(f"loading a {gib:g} GiB table into {db} ...", flush=True)
+            load_layer(store, config, 1, RandomRows(0, 1, config.head_dim), tokenizer.sha256,
+                       tokenizer.num_compressed)
+    finally:
+        store.close()
+    return config, db
 
 
 def run(cfg: ScaleBenchConfig) -> int:
+    from . import scale_plot
     if cfg.replot:
-        return replot(cfg.replot, cfg.out)
+        return scale_plot.replot(cfg.replot, cfg.out)
     from core.corpus import ENGLISH, PACKAGED_SAMPLE, corpus_file, read_lines
-    from core.store import TableStore
     from core.tokenizer import get_compressed_tokenizer
-    from memory_service.checkpoint import RandomRows
-    from memory_service.loader import load_layer
-    from memory_service.process import ServiceProcess
     from model_client import NgramHasher
 
     base = Path(cfg.db_dir or tempfile.mkdtemp(prefix="engram-scale-"))
@@ -129,108 +229,60 @@ def run(cfg: ScaleBenchConfig) -> int:
     lines = read_lines(corpus_file(ENGLISH) or PACKAGED_SAMPLE, 3_000_000)
     tokens = np.array([i for row in tokenizer.encode_batch(lines) for i in row], dtype=np.int64)[:500_000]
     info, rows_out = machine(), []
+    out = Path(cfg.out)
     try:
         for gib in cfg.sizes_gb:
-            config = config_for(gib)
-            db = base / f"table-{gib:g}GiB"
-            store = TableStore(db, bulk=True)
-            try:
-                if not store.current_version("layer1"):
-                    print(f"loading a {gib:g} GiB table ...", flush=True)
-                    load_layer(store, config, 1, RandomRows(0, 1, config.head_dim), tokenizer.sha256,
-                               tokenizer.num_compressed)
-                manifest = store.manifest("layer1")
-            finally:
-                store.close()
-            with open(db / "data.mdb", "rb+") as f:  # start cold: the table's pages out of the page cache
-                os.fsync(f.fileno())  # dirty pages are not dropped, and their writeback would stall reads
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            config, db = _table(base, gib, tokenizer)
+            device = cold_rows.device_of(db / "data.mdb")
             hasher = NgramHasher(config, tokenizer)
-            seqs = tokens[:len(tokens) // 1024 * 1024].reshape(-1, 1024)
-            trace = hasher.row_ids(1, hasher.hash(seqs)[1]).reshape(-1)
-            server = ServiceProcess(db, workers=cfg.server_workers)
-            try:
-                server.wait_serving()
-                pids = process_tree(server.proc.pid)
-                io0 = _proc_io(pids)
-                ctx = mp.get_context("spawn")
-                results = ctx.Queue()
-                start_at = time.time() + 3
-                parts = np.array_split(trace, cfg.clients)
-                procs = [ctx.Process(target=_client, args=(server.target, config.to_dict(), part,
-                                                           cfg.step_tokens * config.num_columns, cfg.duration_s,
-                                                           start_at, results)) for part in parts]
-                for p in procs:
-                    p.start()
-                answers = [results.get(timeout=cfg.duration_s + 300) for _ in procs]
-                for p in procs:
-                    p.join()
-                io1 = _proc_io(pids)
-            finally:
-                server.stop()
-            served = sum(a[0] for a in answers)
-            wall = max(a[1] for a in answers)
-            lat = sorted(x for a in answers for x in a[2])
-            late = sorted(x for a in answers for x, t in zip(a[2], a[3]) if t > 2 * cfg.duration_s / 3)
-            late_rows = sum(1 for a in answers for t in a[3] if t > 2 * cfg.duration_s / 3)
-            row = {"bench": "scale", "table_gib": gib, "table_rows": manifest.num_rows, "row_bytes": 128,
-                   "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                   "device_cache_rows": manifest.num_rows // 100, "clients": cfg.clients,
-                   "server_workers": cfg.server_workers, "rows_served": served,
-                   "service_rows_per_s": served / wall,
-                   "p50_ms": 1e3 * statistics.median(lat), "p99_ms": 1e3 * lat[int(0.99 * (len(lat) - 1))],
-                   "late_p50_ms": 1e3 * statistics.median(late) if late else None,
-                   "late_requests_per_s": late_rows / (cfg.duration_s / 3),
-                   "device_hit_rate": sum(a[4] for a in answers) / max(1, sum(a[5] for a in answers)),
-                   "disk_read_bytes": io1[0] - io0[0], "major_faults": io1[1] - io0[1],
-                   "page_cache_hit_rate": 1 - (io1[1] - io0[1]) / max(1, served),
-                   "failed_requests": sum(len(a[6]) for a in answers), **info}
-            rows_out.append(row)
-            print(f"{gib:>5g} GiB: {row['service_rows_per_s']:>10,.0f} rows/s, p50 {row['p50_ms']:.2f} ms, "
-                  f"p99 {row['p99_ms']:.2f} ms, disk read {row['disk_read_bytes'] / 2**20:,.0f} MiB, "
-                  f"page-cache hits {row['page_cache_hit_rate']:.1%}, failed requests {row['failed_requests']}",
-                  flush=True)
-            for a in answers:
-                for error in a[6][:3]:
-                    print(f"      {error}", flush=True)
+            trace = hasher.row_ids(1, hasher.hash(tokens[:len(tokens) // 1024 * 1024].reshape(-1, 1024))[1]).reshape(-1)
+            got_ids, got_rows, size_rows = [], [], []
+            for kind in cfg.phases:
+                for mode in cfg.read_modes:
+                    for request_rows in cfg.request_rows:
+                        row, ids, rows = _phase(kind, gib, db, config, mode, request_rows, cfg, device, trace)
+                        row.update(info)
+                        got_ids.append(ids)
+                        got_rows.append(rows)
+                        if not row["requests"]:
+                            print(f"{gib:>5g} GiB {kind} {mode} {request_rows:,}-row requests: none ran (a "
+                                  f"table of {row['table_rows']:,} rows has too few pages)", flush=True)
+                            continue
+                        size_rows.append(row)
+                        print(f"{gib:>5g} GiB {kind:>5} {mode:>7} {request_rows:>6,}-row requests: "
+                              f"{row['rows_per_s']:>9,.0f} rows/s, p50 {row['p50_ms']:.1f} ms, p99 "
+                              f"{row['p99_ms']:.1f} ms, {row['disk_reads_per_s']:,.0f} disk reads/s at queue "
+                              f"depth {row['queue_depth']:.1f}" + (
+                                  f", device hits {row['device_hit_rate']:.1%}, page-cache hits "
+                                  f"{row['page_cache_hit_rate']:.1%}" if kind == "trace" else "") +
+                              f", failed requests {row['failed_requests']}", flush=True)
+            depths = sorted({*cfg.fio_depths, *(max(1, round(r["queue_depth"])) for r in size_rows
+                                                if r["bench"] == "scale-cold")})
+            fio = {}
+            for depth in depths:
+                fio[depth] = cold_rows.fio(db / "data.mdb", depth, cfg.fio_s, device)
+                fio[depth].update(table_gib=gib, **info)
+                print(f"      fio at queue depth {depth}: {fio[depth]['fio_iops']:,.0f} IOPS "
+                      f"(measured depth {fio[depth]['fio_queue_depth']:.1f})", flush=True)
+            for r in size_rows:
+                if r["bench"] == "scale-cold":
+                    match = fio[max(1, round(r["queue_depth"]))]
+                    r.update(fio_iodepth=match["iodepth"], fio_iops=match["fio_iops"],
+                             fio_ratio=r["rows_per_s"] / match["fio_iops"])
+            ids, rows = np.concatenate(got_ids), np.concatenate(got_rows)
+            wrong = cold_rows.verify(config, 0, ids, rows)
+            for r in size_rows:
+                r["rows_checked"], r["wrong_rows_in_run"] = len(ids), wrong
+            print(f"      {len(ids):,} rows received, {wrong} differ from the loaded values", flush=True)
+            rows_out += size_rows + list(fio.values())
+            png = out.with_suffix(".png") if len(cfg.sizes_gb) == 1 else out.with_name(f"{out.stem}-{gib:g}GiB.png")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            scale_plot.plot_cold(size_rows + list(fio.values()), png)
             if not cfg.keep:
                 shutil.rmtree(db, ignore_errors=True)
     finally:
         if not cfg.keep and not cfg.db_dir:
             shutil.rmtree(base, ignore_errors=True)
-    out = write_rows(rows_out, cfg.out)
-    plot({"this run": rows_out}, out.with_suffix(".png"))
-    print(f"wrote {out}")
-    return 0
-
-
-def plot(series: dict[str, list[dict]], path: Path) -> None:
-    """series: {label: rows of one run}; every run on the same axes, the setup in the title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    first = next(iter(series.values()))[0]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for i, (label, rows) in enumerate(series.items()):
-        sizes = [r["table_gib"] for r in rows]
-        color = f"C{i}"
-        a.plot(sizes, [r["service_rows_per_s"] for r in rows], "o-", color=color, label=label)
-        b.plot(sizes, [r["p50_ms"] for r in rows], "o-", color=color, label=f"p50, {label}")
-        b.plot(sizes, [r["p99_ms"] for r in rows], "s:", color=color, label=f"p99, {label}")
-    from matplotlib.ticker import FuncFormatter
-    for ax in (a, b):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.axvline(first["ram_gib"], color="gray", ls=":", label=f"RAM ({first['ram_gib']:.0f} GiB)" if ax is a else None)
-        ax.set_xlabel("table size, GiB (log scale)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    a.set_ylabel("service rows/s (device-cache misses)")
-    b.set_ylabel("time per step's lookup, ms")
-    fig.suptitle(f"engram-memory bench scale: tables of growing size from a cold page cache; {first['row_bytes']} B "
-                 f"rows, {first['clients']} clients x steps of 64 tokens, {first['server_workers']} server processes, "
-                 f"1% device cache; {first['machine']}, {first['date']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_rows(rows_out, cfg.out)
+    print(f"wrote {out} and its PNG")
+    return 1 if any(r.get("wrong_rows_in_run") for r in rows_out) else 0

@@ -76,15 +76,16 @@ class Snapshot:
 
 class StoreReader:
     def __init__(self, store: TableStore, refresh_s: float = 0.05, huge_pages: str = "auto",
-                 verify_rows: bool = True, read_depth: int = 0, read_bytes: int = 4096, read_above: int = 0,
-                 read_mode: str = "threads"):
+                 verify_rows: bool = True, read_mode: str = "off", read_depth: int = 32, read_bytes: int = 4096,
+                 read_above: int = 0):
         """huge_pages: auto (when the store fits in half the memory), on or off; huge_pages.py.
         verify_rows: check every row read against its stored sum (row_check.py).
-        read_depth: > 0 reads the pages a batch needs from tables of more than read_above bytes with
-        that many reads in flight (read_mode threads; advise: all of them), at most read_bytes each,
-        before the gather (page_reader.py)."""
+        read_mode: advise or threads reads the pages a batch needs from tables of more than read_above
+        bytes before the gather, all at once (advise) or read_depth at a time, at most read_bytes
+        each (page_reader.py); off leaves them to the gather's page faults."""
         self.store = store
-        self.pages = PageReader(store.path / "data.mdb", read_depth, read_bytes, read_mode) if read_depth else None
+        self.pages = None if read_mode == "off" else PageReader(store.path / "data.mdb", read_depth, read_bytes,
+                                                                read_mode)
         self.read_above = read_above
         self.refresh_s = refresh_s
         self.huge_pages, self.verify_rows = huge_pages, verify_rows

@@ -85,6 +85,9 @@ class TableView:
             self.units = np.ndarray(shape=(span // self.unit,), dtype=np.dtype((np.void, self.unit)),
                                     buffer=memory)
             self.unit_steps = np.arange(self.per_row)
+        if pages is not None and verify:  # every row's check reads its sum: keep them all cached
+            pages.warm((manifest.table, manifest.version, self.file_start), self.file_start + self.sum_index * 4,
+                       np.array(counts, dtype=np.int64) * 4)
 
     def check(self, row_ids: np.ndarray) -> np.ndarray:
         """The ids as this store's local rows (a shard subtracts its row_start); out-of-range ids

@@ -106,9 +106,9 @@ def _worker_main(cfg: ServiceConfig, port: int, ready, admin_port: int = -1, ind
     store = TableStore(cfg.db)
     memory = memory_bytes()  # or the container's limit
     reader = StoreReader(store, refresh_s=cfg.refresh_ms / 1000, huge_pages=cfg.huge_pages,
-                         verify_rows=cfg.verify_rows, read_depth=cfg.read_depth, read_bytes=cfg.read_bytes,
-                         read_above=memory // 2 if cfg.read_above_mb < 0 else cfg.read_above_mb << 20,
-                         read_mode=cfg.read_mode)
+                         verify_rows=cfg.verify_rows, read_mode=cfg.read_mode, read_depth=cfg.read_depth,
+                         read_bytes=cfg.read_bytes,
+                         read_above=memory // 2 if cfg.read_above_mb < 0 else cfg.read_above_mb << 20)
     limit = cfg.max_message_mb << 20
     # Calls beyond `threads` wait for a thread, up to 4x threads in flight; beyond that RESOURCE_EXHAUSTED
     # (clients retry). Streams take at most cfg.stream_limit of the threads (stream_governor.py).

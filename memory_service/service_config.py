@@ -39,14 +39,17 @@ class ServiceConfig:
     huge_pages: str = field(default="auto", metadata={
         "help": "map table pages 2 MiB at a time (one TLB entry per 2 MiB of rows): auto = when the "
                 "store's used bytes fit in half of the memory; on; off (core/huge_pages.py)"})
-    # off until issue 19's measurement against fio sets the default (first figures, noisy, on 2 cores:
-    # 16 threads of preads gave fewer reads/s than one; advise matched fio at queue depth 64)
-    read_depth: int = field(default=0, metadata={
-        "help": "reads in flight per server process for rows not in the page cache, read ahead of the "
-                "gather (core/page_reader.py; 0: off, rows fault in one page at a time)"})
-    read_mode: str = field(default="threads", metadata={
-        "help": "how: threads (read_depth threads of preads) or advise (the kernel queues every page of a "
-                "request at once, POSIX_FADV_WILLNEED; read_depth then only switches it on)"})
+    # issue 19, BENCHMARKS.md "Rows not in memory": a 36 GiB table (1.5x RAM), every row a disk read,
+    # 4 server processes: page faults 11.7k rows/s (one read in flight per process, queue depth 2.3);
+    # threads of preads 14.3k (the GIL on 2 cores keeps ~16 in flight); advise 38.1k rows/s at queue
+    # depth 214, the block layer's own limit (nr_requests 256), where fio's O_DIRECT reads give ~43k.
+    read_mode: str = field(default="advise", metadata={
+        "help": "how rows not in the page cache are read, for tables above --read-above-mb: advise (the "
+                "kernel queues every page of a request at once, POSIX_FADV_WILLNEED, up to the disk "
+                "queue's nr_requests), threads (--read-depth threads of preads per process), or off "
+                "(each row faults in through the memory map, one read at a time per process)"})
+    read_depth: int = field(default=32, metadata={
+        "help": "reads in flight per server process with --read-mode threads (advise needs none)"})
     read_bytes: int = field(default=4096, metadata={
         "help": "the most one such read covers, bytes (a multiple of 4096): runs of adjacent pages up to it"})
     read_above_mb: int = field(default=-1, metadata={
@@ -104,8 +107,8 @@ class ServiceConfig:
         check("refresh_ms", self.refresh_ms >= 1, "must be >= 1")
         check("grace_s", self.grace_s >= 0, "must be >= 0")
         check("trim_s", self.trim_s >= 0, "must be >= 0 (0: never)")
-        check("read_depth", 0 <= self.read_depth <= 256, "must be in [0, 256] (0: off)")
-        check("read_mode", self.read_mode in ("threads", "advise"), "must be threads or advise")
+        check("read_depth", 1 <= self.read_depth <= 256, "must be in [1, 256]")
+        check("read_mode", self.read_mode in ("advise", "threads", "off"), "must be advise, threads or off")
         check("read_bytes", self.read_bytes >= 4096 and self.read_bytes % 4096 == 0 and self.read_bytes <= 1 << 20,
               "must be a multiple of 4096 in [4096, 1048576]")
         check("read_above_mb", self.read_above_mb >= -1, "must be >= 0 MiB, or -1 for half the memory")

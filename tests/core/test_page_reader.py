@@ -78,7 +78,48 @@ def test_rows_read_ahead_are_bit_exact_and_every_page_is_read_once(store, layer,
 
 def test_small_tables_are_left_to_the_page_cache(store):
     s, manifests = store
-    reader = StoreReader(s, read_depth=4, read_above=1 << 40)
+    reader = StoreReader(s, read_mode="advise", read_above=1 << 40)
     with reader.snapshot() as snap:
         assert snap.view(manifests[1].table, 0).pages is None
+    reader.close()
+
+
+def test_opening_a_table_warms_exactly_its_checksums_once(store, monkeypatch):
+    """The ranges warmed hold the stored sums of every chunk's rows (the file's bytes say so), each
+    table version is warmed once per reader, and the warm-up's descriptor is closed when done."""
+    s, manifests = store
+    m = manifests[2]
+    warmed = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, start, n, advice: (
+        warmed.append((start, n)) if advice == os.POSIX_FADV_WILLNEED else None, real(fd, start, n, advice))[1])
+    fds = len(os.listdir("/proc/self/fd"))
+    reader = StoreReader(s, read_above=0, read_mode="advise")
+    try:
+        with reader.snapshot() as snap:
+            view = snap.view(m.table, 0)
+            reader.pages.warming.join(timeout=30)
+            first = reader.pages.warming
+            assert len(warmed) == m.num_chunks
+            data = (s.path / "data.mdb").read_bytes()
+            sums = np.concatenate([np.frombuffer(data[a:a + n], dtype="<u4") for a, n in warmed])
+            local = np.arange(m.stored_rows)
+            chunk = local >> view.shift
+            np.testing.assert_array_equal(sums, view.sums[view.sum_index[chunk] + (local & (m.chunk_rows - 1))])
+            assert sum(n for _, n in warmed) == 4 * m.stored_rows
+        with reader.snapshot(fresh=True) as snap:
+            snap.views.clear()
+            snap.view(m.table, 0)  # a new view of the same version: no second warm-up
+            assert reader.pages.warming is first and len(warmed) == m.num_chunks
+    finally:
+        reader.close()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_no_warm_up_when_rows_are_not_checked(store):
+    s, manifests = store
+    reader = StoreReader(s, read_above=0, read_mode="advise", verify_rows=False)
+    with reader.snapshot() as snap:
+        snap.view(manifests[1].table, 0)
+        assert reader.pages.warming is None
     reader.close()

@@ -37,8 +37,9 @@ def store_with(tmp_path, name="db"):
     return db
 
 
-@pytest.mark.parametrize("flags", [("--read-depth", "0"), ("--read-depth", "4", "--read-above-mb", "0"),
-                                   ("--read-depth", "1", "--read-mode", "advise", "--read-above-mb", "0")],
+@pytest.mark.parametrize("flags", [("--read-mode", "off"),
+                                   ("--read-mode", "threads", "--read-depth", "4", "--read-above-mb", "0"),
+                                   ("--read-mode", "advise", "--read-above-mb", "0")],
                          ids=["page-faults", "read-threads", "read-advise"])
 def test_flipped_bytes_are_data_loss_never_rows(tmp_path, flags):
     db = store_with(tmp_path)
