@@ -118,7 +118,7 @@ def fio(path, depth: int, seconds: float, device: str | None) -> dict:
     """fio's 4 KiB random reads of the whole file with O_DIRECT (libaio) at one queue depth."""
     if not shutil.which("fio"):
         raise SystemExit("bench scale needs fio for its cold-row comparison: apt-get install fio "
-                         "(or --request-rows with no sizes to skip the cold phases)")
+                         "(or --fio-depths with no depths: no comparison)")
     before = DiskCounters.sample(device)
     out = subprocess.run(["fio", "--name=cold", f"--filename={path}", "--readonly", "--rw=randread", "--bs=4k",
                           "--direct=1", "--ioengine=libaio", f"--iodepth={depth}", "--norandommap",

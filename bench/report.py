@@ -43,3 +43,21 @@ def process_tree(parent: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 pass
     return pids
+
+
+def process_counters(pids) -> tuple[int, float]:
+    """(major page faults, CPU seconds) summed over processes."""
+    faults, ticks = 0, 0
+    for pid in pids:
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            faults, ticks = faults + int(f[9]), ticks + int(f[11]) + int(f[12])
+        except (OSError, IndexError):
+            pass
+    return faults, ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot (/proc/stat), iowait counted idle."""
+    ticks = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)

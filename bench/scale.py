@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import cold_rows
-from .report import machine, process_tree, write_rows
+from .report import machine, machine_busy, process_counters, process_tree, write_rows
 
 RAM_GIB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
@@ -46,8 +46,9 @@ class ScaleBenchConfig:
     phases: list[str] = field(default_factory=lambda: ["cold", "trace"], metadata={
         "help": "cold (every row a disk read, against fio) and/or trace (real text through a device cache)"})
     fio_depths: list[int] = field(default_factory=lambda: [1, 4, 16, 64, 256], metadata={
-        "type": int, "help": "queue depths of fio's curve, besides each cold phase's own"})
-    fio_s: float = field(default=10.0, metadata={"help": "seconds of each fio run"})
+        "type": int, "help": "fio's iodepths for the plot's curve (each cold phase is compared with fio runs "
+                             "of its own, right after it); none (--fio-depths alone): no fio, no comparison"})
+    fio_s: float = field(default=15.0, metadata={"help": "seconds of each fio run"})
     db_dir: str = field(default="", metadata={"help": "where the stores go (default: a temporary directory)"})
     keep: bool = field(default=False, metadata={"help": "keep the stores after the run (a rerun reuses them)"})
     duration_s: float = field(default=20.0, metadata={"help": "seconds of lookups per phase"})
@@ -76,24 +77,6 @@ def config_for(gib: float):
     rows = int(gib * 2**30) // 128
     vocab = rows // 16  # 2 orders x 8 heads of primes just above it
     return EngramConfig(engram_vocab_size=[vocab, vocab], layer_ids=[1], row_dtype="bfloat16")
-
-
-def _process_counters(pids) -> tuple[int, float]:
-    """(major page faults, CPU seconds) summed over processes."""
-    faults, ticks = 0, 0
-    for pid in pids:
-        try:
-            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            faults, ticks = faults + int(f[9]), ticks + int(f[11]) + int(f[12])
-        except (OSError, IndexError):
-            pass
-    return faults, ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine since boot (/proc/stat), iowait counted idle."""
-    ticks = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
 
 def _trace_client(target, config_json, trace, step_rows, duration_s, start_at, results):
@@ -161,11 +144,11 @@ def _phase(kind, gib, db, config, mode, request_rows, cfg, device, trace) -> tup
             p.start()
         time.sleep(3)  # the clients connect and describe the table
         pids = process_tree(server.proc.pid)
-        (faults0, cpu0), busy0, disk0 = _process_counters(pids), _machine_busy(), cold_rows.DiskCounters.sample(device)
+        (faults0, cpu0), busy0, disk0 = process_counters(pids), machine_busy(), cold_rows.DiskCounters.sample(device)
         start_at.value = time.time()
         answers = [results.get(timeout=cfg.duration_s + 300) for _ in procs]
         disk = cold_rows.DiskCounters.sample(device).since(disk0)
-        (faults, cpu), busy = _process_counters(pids), _machine_busy()
+        (faults, cpu), busy = process_counters(pids), machine_busy()
         faults, cpu, busy = faults - faults0, cpu - cpu0, (busy[0] - busy0[0]) / max(1, busy[1] - busy0[1])
         for p in procs:
             p.join()
@@ -192,6 +175,23 @@ def _phase(kind, gib, db, config, mode, request_rows, cfg, device, trace) -> tup
         for error in a[4][:3]:
             print(f"      {error}", flush=True)
     return row, ids, rows
+
+
+def _against_fio(row: dict, db: Path, device, cfg: ScaleBenchConfig) -> None:
+    """fio on the same file right after the phase (the disk's speed drifts over minutes), at the
+    queue depth the phase kept: fio's own submission gaps keep its depth at the disk below its
+    iodepth, so it runs at that iodepth and at 512 (the block layer's nr_requests caps what
+    arrives), and its IOPS is read off those two at the phase's depth as measured at the disk."""
+    runs = [cold_rows.fio(db / "data.mdb", d, cfg.fio_s, device) for d in (max(1, round(row["queue_depth"])), 512)]
+    curve = sorted((f["fio_queue_depth"], f["fio_iops"]) for f in runs)
+    row["fio_iops"] = float(np.interp(row["queue_depth"], *zip(*curve)))
+    row["fio_ratio"] = row["rows_per_s"] / row["fio_iops"]
+    row["fio_runs"] = [{k: f[k] for k in ("iodepth", "fio_iops", "fio_queue_depth", "fio_p50_ms", "fio_p99_ms")}
+                       for f in runs]
+    print(f"      fio at the same queue depth ({row['queue_depth']:.0f}): {row['fio_iops']:,.0f} IOPS "
+          f"(iodepth {runs[0]['iodepth']}: {runs[0]['fio_iops']:,.0f} at depth {runs[0]['fio_queue_depth']:.0f}; "
+          f"512: {runs[1]['fio_iops']:,.0f} at {runs[1]['fio_queue_depth']:.0f}); the service's cold rows/s "
+          f"are {row['fio_ratio']:.0%} of it", flush=True)
 
 
 def _table(base: Path, gib: float, tokenizer):
@@ -249,6 +249,8 @@ def run(cfg: ScaleBenchConfig) -> int:
                                   f"table of {row['table_rows']:,} rows has too few pages)", flush=True)
                             continue
                         size_rows.append(row)
+                        if kind == "cold" and cfg.fio_depths:  # --fio-depths with none: no fio at all
+                            _against_fio(row, db, device, cfg)
                         print(f"{gib:>5g} GiB {kind:>5} {mode:>7} {request_rows:>6,}-row requests: "
                               f"{row['rows_per_s']:>9,.0f} rows/s, p50 {row['p50_ms']:.1f} ms, p99 "
                               f"{row['p99_ms']:.1f} ms, {row['disk_reads_per_s']:,.0f} disk reads/s at queue "
@@ -256,19 +258,12 @@ def run(cfg: ScaleBenchConfig) -> int:
                                   f", device hits {row['device_hit_rate']:.1%}, page-cache hits "
                                   f"{row['page_cache_hit_rate']:.1%}" if kind == "trace" else "") +
                               f", failed requests {row['failed_requests']}", flush=True)
-            depths = sorted({*cfg.fio_depths, *(max(1, round(r["queue_depth"])) for r in size_rows
-                                                if r["bench"] == "scale-cold")})
             fio = {}
-            for depth in depths:
+            for depth in cfg.fio_depths:  # the disk's curve, for the plot
                 fio[depth] = cold_rows.fio(db / "data.mdb", depth, cfg.fio_s, device)
                 fio[depth].update(table_gib=gib, **info)
-                print(f"      fio at queue depth {depth}: {fio[depth]['fio_iops']:,.0f} IOPS "
-                      f"(measured depth {fio[depth]['fio_queue_depth']:.1f})", flush=True)
-            for r in size_rows:
-                if r["bench"] == "scale-cold":
-                    match = fio[max(1, round(r["queue_depth"]))]
-                    r.update(fio_iodepth=match["iodepth"], fio_iops=match["fio_iops"],
-                             fio_ratio=r["rows_per_s"] / match["fio_iops"])
+                print(f"      fio at iodepth {depth}: {fio[depth]['fio_iops']:,.0f} IOPS "
+                      f"(queue depth at the disk {fio[depth]['fio_queue_depth']:.1f})", flush=True)
             ids, rows = np.concatenate(got_ids), np.concatenate(got_rows)
             wrong = cold_rows.verify(config, 0, ids, rows)
             for r in size_rows:

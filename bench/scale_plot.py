@@ -71,14 +71,14 @@ def plot_cold(rows: list[dict], path: Path) -> None:
         color = f"C{modes.index(r['read_mode'])}"
         marker = "o" if r["request_rows"] <= 8192 else "s"
         a.plot(r["queue_depth"], r["rows_per_s"], marker, color=color, ms=9,
-               label=f"service, {r['read_mode']}, {r['request_rows']:,}-row requests "
-                     f"({r['fio_ratio']:.0%} of fio)")
+               label=f"service, {r['read_mode']}, {r['request_rows']:,}-row requests" + (
+                     f" ({r['fio_ratio']:.0%} of fio at its depth)" if "fio_ratio" in r else ""))
     a.set_xscale("log", base=2)
     a.set_xlabel("reads in flight at the disk (mean, /proc/diskstats)")
     a.set_ylabel("cold rows/s (service) or reads/s (fio)")
     a.grid(alpha=0.3)
     a.legend(fontsize=7)
-    labels = [f"{r['bench'][6:]} {r['read_mode']}\n{r['request_rows'] // 1024}k rows" for r in phases]
+    labels = [f"{r['bench'][6:]}\n{r['read_mode']}\n{r['request_rows'] // 1024}k" for r in phases]
     x = range(len(phases))
     b.bar([i - 0.2 for i in x], [r["p50_ms"] for r in phases], 0.4, label="p50")
     b.bar([i + 0.2 for i in x], [r["p99_ms"] for r in phases], 0.4, label="p99")

@@ -66,3 +66,21 @@ def test_config_names_the_flag_it_refuses():
         ScaleBenchConfig(phases=["warm"])
     with pytest.raises(ValueError, match="--request-rows"):
         ScaleBenchConfig(request_rows=[0])
+
+
+def test_bench_scale_end_to_end_on_a_small_table(tmp_path):
+    """Both phases against a real server on a real store, every row checked; no fio (CI has none)."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "scale.json"
+    subprocess.run([sys.executable, "-m", "cli", "bench", "scale", "--sizes-gb", "0.02", "--request-rows", "1024",
+                    "--read-modes", "advise", "--duration-s", "1", "--clients", "1", "--server-workers", "1",
+                    "--fio-depths", "--out", str(out)], check=True, timeout=600)
+    rows = json.loads(out.read_text())
+    assert [r["bench"] for r in rows] == ["scale-cold", "scale-trace"]
+    for r in rows:
+        assert r["rows_served"] > 0 and r["failed_requests"] == 0 and r["wrong_rows_in_run"] == 0
+        assert r["rows_checked"] == sum(x["rows_served"] for x in rows)
+    assert 0 < rows[1]["device_hit_rate"] < 1
+    assert out.with_suffix(".png").stat().st_size > 10_000
