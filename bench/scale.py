@@ -249,8 +249,6 @@ def run(cfg: ScaleBenchConfig) -> int:
                                   f"table of {row['table_rows']:,} rows has too few pages)", flush=True)
                             continue
                         size_rows.append(row)
-                        if kind == "cold" and cfg.fio_depths:  # --fio-depths with none: no fio at all
-                            _against_fio(row, db, device, cfg)
                         print(f"{gib:>5g} GiB {kind:>5} {mode:>7} {request_rows:>6,}-row requests: "
                               f"{row['rows_per_s']:>9,.0f} rows/s, p50 {row['p50_ms']:.1f} ms, p99 "
                               f"{row['p99_ms']:.1f} ms, {row['disk_reads_per_s']:,.0f} disk reads/s at queue "
@@ -258,6 +256,8 @@ def run(cfg: ScaleBenchConfig) -> int:
                                   f", device hits {row['device_hit_rate']:.1%}, page-cache hits "
                                   f"{row['page_cache_hit_rate']:.1%}" if kind == "trace" else "") +
                               f", failed requests {row['failed_requests']}", flush=True)
+                        if kind == "cold" and cfg.fio_depths:  # --fio-depths with none: no fio at all
+                            _against_fio(row, db, device, cfg)
             fio = {}
             for depth in cfg.fio_depths:  # the disk's curve, for the plot
                 fio[depth] = cold_rows.fio(db / "data.mdb", depth, cfg.fio_s, device)

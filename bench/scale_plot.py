@@ -63,7 +63,7 @@ def plot_cold(rows: list[dict], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
     if fio:
         a.plot([r["fio_queue_depth"] for r in fio], [r["fio_iops"] for r in fio], "k.-",
-               label="fio 4 KiB random reads, O_DIRECT (libaio), x = measured queue depth")
+               label="fio 4 KiB random reads, O_DIRECT (io_uring, 2 jobs), x = measured queue depth")
     modes = sorted({r["read_mode"] for r in phases})
     for r in phases:
         if r["bench"] != "scale-cold":
