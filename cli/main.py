@@ -98,10 +98,13 @@ BENCHES = {
              "wrong rows, latency, and how many streams the server replaced or refused. Exit 1 if any "
              "call was lost."),
     "scale": ("bench.scale:ScaleBenchConfig", "bench.scale:run",
-              "the service as the table outgrows RAM: throughput, latency, disk reads",
-              "Tables of growing size (default 1 to 32 GiB) served from a cold page cache to clients "
-              "replaying real text through a 1% device cache: rows/s, latency, disk reads and "
-              "page-cache misses per size. JSON and a PNG."),
+              "a table larger than RAM from a cold page cache, against fio on the same file",
+              "A table of 1.5x this machine's RAM (--sizes-gb) served from a cold page cache by each "
+              "read path (--read-modes) at decode- and prefill-sized requests (--request-rows): a cold "
+              "phase where every row is a disk read, as a ratio of fio's 4 KiB random-read IOPS at the "
+              "same queue depth (/proc/diskstats), and a trace phase replaying real text through a 1% "
+              "device cache (device- and page-cache hit rates). p50/p99 per request; every row checked "
+              "against the loaded values. Needs fio (apt-get install fio). JSON and a PNG."),
 }
 
 
