@@ -40,9 +40,9 @@ class ServiceConfig:
         "help": "map table pages 2 MiB at a time (one TLB entry per 2 MiB of rows): auto = when the "
                 "store's used bytes fit in half of the memory; on; off (core/huge_pages.py)"})
     # issue 19, BENCHMARKS.md "Rows not in memory": a 36 GiB table (1.5x RAM), every row a disk read,
-    # 4 server processes: page faults 11.7k rows/s (one read in flight per process, queue depth 2.3);
-    # threads of preads 14.3k (the GIL on 2 cores keeps ~16 in flight); advise 38.1k rows/s at queue
-    # depth 214, the block layer's own limit (nr_requests 256), where fio's O_DIRECT reads give ~43k.
+    # 4 server processes, 8,192-row requests: page faults 15.7k rows/s (queue depth 2.3); threads of
+    # preads 47.9k (depth 29, the GIL on 2 cores); advise 62.9k at depth 225, the block layer's own
+    # limit (nr_requests 256), 1.07x fio's io_uring O_DIRECT IOPS at that depth.
     read_mode: str = field(default="advise", metadata={
         "help": "how rows not in the page cache are read, for tables above --read-above-mb: advise (the "
                 "kernel queues every page of a request at once, POSIX_FADV_WILLNEED, up to the disk "
