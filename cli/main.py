@@ -97,6 +97,13 @@ BENCHES = {
              "looking up random rows of a real table in a loop, every row checked: calls, lost calls, "
              "wrong rows, latency, and how many streams the server replaced or refused. Exit 1 if any "
              "call was lost."),
+    "train-world": ("bench.train_world:TrainWorldBenchConfig", "bench.train_world:run",
+                    "`engram-memory train` at several world sizes: equal losses, step time, exchange share",
+                    "Train the same model on the same global batches at each --world-sizes (tables sharded "
+                    "by rows; gloo on CPU, NCCL on GPU), check the losses agree step for step with the "
+                    "first, and report each size's median step time, its ratio to the first and the share "
+                    "of the step spent exchanging rows and gradients. Exit 1 if a loss differs beyond the "
+                    "CPU test's tolerance."),
     "scale": ("bench.scale:ScaleBenchConfig", "bench.scale:run",
               "a table larger than RAM from a cold page cache, against fio on the same file",
               "A table of 1.5x this machine's RAM (--sizes-gb) served from a cold page cache by each "

@@ -26,10 +26,13 @@ import torch.distributed as dist
 
 from core.table_init import seeded_rows
 
+from .exchange_clock import ExchangeClock
+
 
 class ShardedTable:
     def __init__(self, layer: int, num_rows: int, head_dim: int, device, lr: float, seed: int = 0,
-                 init_std: float = 0.02, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8):
+                 init_std: float = 0.02, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                 clock: ExchangeClock | None = None):
         self.layer, self.num_rows, self.head_dim = layer, num_rows, head_dim
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -43,6 +46,7 @@ class ShardedTable:
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.weight), torch.zeros_like(self.weight)
         self.lr, self.betas, self.eps, self.steps = lr, betas, eps, 0
         self._pending = None
+        self.clock = clock or ExchangeClock(self.device, enabled=False)
 
     def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global row ids [...] -> (rows float32 [U, head_dim], a leaf that records its gradient;
@@ -55,15 +59,18 @@ class ShardedTable:
         else:
             send = torch.bincount(unique // self.per, minlength=self.world)
             recv = torch.empty_like(send)
-            dist.all_to_all_single(recv, send)
-            send_n, recv_n = send.tolist(), recv.tolist()
-            asked = unique.new_empty(sum(recv_n))
-            dist.all_to_all_single(asked, unique, recv_n, send_n)   # ids other ranks need from me
+            with self.clock("rows"):
+                dist.all_to_all_single(recv, send)
+                send_n, recv_n = send.tolist(), recv.tolist()
+                asked = unique.new_empty(sum(recv_n))
+                dist.all_to_all_single(asked, unique, recv_n, send_n)   # ids other ranks need from me
             local = asked - self.start
             if len(local) and (int(local.min()) < 0 or int(local.max()) >= self.stop - self.start):
                 raise RuntimeError(f"table {self.layer}: rank {self.rank} was asked for rows outside its shard")
             rows = self.weight.new_empty(len(unique), self.head_dim)
-            dist.all_to_all_single(rows, self.weight[local].contiguous(), send_n, recv_n)
+            mine = self.weight[local].contiguous()
+            with self.clock("rows"):
+                dist.all_to_all_single(rows, mine, send_n, recv_n)
             self._pending = (local, send_n, recv_n)
         return rows.detach().requires_grad_(), inverse.view(ids.shape)
 
@@ -77,7 +84,8 @@ class ShardedTable:
         grad = grad.float().contiguous()
         if self.world > 1:
             theirs = grad.new_empty(sum(recv_n), self.head_dim)
-            dist.all_to_all_single(theirs, grad, recv_n, send_n)
+            with self.clock("row_grads"):
+                dist.all_to_all_single(theirs, grad, recv_n, send_n)
             grad = theirs
         rows, at = torch.unique(local, return_inverse=True)  # several ranks may send the same row
         summed = grad.new_zeros(len(rows), self.head_dim).index_add_(0, at, grad) / self.world

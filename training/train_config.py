@@ -48,6 +48,9 @@ class TrainConfig:
         "help": "processes, each owning 1/N of every table's rows (gloo on CPU, NCCL on GPU); under torchrun "
                 "its WORLD_SIZE"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when present)"})
+    autocast: bool = field(default=True, metadata={
+        "help": "bf16 autocast on a GPU; --no-autocast computes in float32 with TF32 off (to compare world "
+                "sizes to float32 rounding, as the CPU test does)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, the tables and the data order"})
     doc_lines: int = field(default=100, metadata={
         "help": "lines of a corpus file per document; every 20th document is held out for validation"})

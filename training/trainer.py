@@ -28,6 +28,7 @@ from model_client.demo_model import DemoModel
 from model_client.hasher import NgramHasher
 
 from . import checkpoint_writer
+from .exchange_clock import KINDS, ExchangeClock
 from .sharded_table import ShardedTable
 from .table_rows import TableRows, TrainingBackend
 from .token_windows import TokenWindows, corpus_files
@@ -83,6 +84,8 @@ class Trainer:
         self.cfg, self.device = cfg, _device(cfg)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
+            if not cfg.autocast:  # float32 means float32: TF32 matmuls keep 10 mantissa bits
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         config = cfg.engram_config()
@@ -96,8 +99,9 @@ class Trainer:
             for block in self.model.blocks:
                 block.engram = None
         lr_rows = cfg.lr * cfg.table_lr_mult
-        self.tables = {L: ShardedTable(L, geometry.rows(L), config.head_dim, self.device, lr_rows, cfg.seed)
-                       for L in config.layer_ids} if cfg.engram else {}
+        self.clock = ExchangeClock(self.device, enabled=self.world > 1)
+        self.tables = {L: ShardedTable(L, geometry.rows(L), config.head_dim, self.device, lr_rows, cfg.seed,
+                                       clock=self.clock) for L in config.layer_ids} if cfg.engram else {}
         matrices = [p for p in self.model.parameters() if p.dim() >= 2]
         others = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay},
@@ -105,19 +109,20 @@ class Trainer:
         self.windows = windows or TokenWindows(corpus_files(cfg.corpora), self.hasher.tokenizer, cfg.seq_len,
                                                cfg.doc_lines, cfg.seed)
         self.step, self.history = 0, {"train": [], "val": []}
+        self.timings: list[dict] = []  # per step: step_s and the exchange's seconds by kind
 
     # ---- one step -----------------------------------------------------------------------------------
     def loss(self, batch: np.ndarray, engram: bool = True, zeros: bool = False):
         """Mean next-token loss of [b, T] windows, and their TableRows (None without Engram)."""
         ids = torch.from_numpy(batch).to(self.device)
         rows = TableRows(self.tables, self.hasher, batch, zeros) if self.tables and engram else None
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda" and self.cfg.autocast):
             logits = self.model.forward_train(ids, rows, rows.hash_ids if rows else None)
         loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
         return loss, rows
 
     def train_step(self) -> float:
-        cfg = self.cfg
+        cfg, started = self.cfg, time.perf_counter()
         scale = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * scale
@@ -132,7 +137,22 @@ class Trainer:
         if rows is not None:
             rows.push(self.tables)
         self.step += 1
-        return self._mean(loss.detach())
+        mean = self._mean(loss.detach())  # a float: waits for the device, so the step is all in step_s
+        self.timings.append({"step_s": time.perf_counter() - started, **self.clock.take()})
+        return mean
+
+    def timing_summary(self) -> dict:
+        """Medians over the steps after the first (which pays for allocation and kernel choice): step
+        time, the exchange's seconds by kind, and the exchange's share of the step."""
+        steps = self.timings[1:] or self.timings
+        if not steps:
+            return {}
+        med = lambda xs: float(np.median(xs))  # noqa: E731
+        exchange = [sum(t[k] for k in KINDS) for t in steps]
+        return {"step_s_median": med([t["step_s"] for t in steps]),
+                "exchange_s_median": {k: med([t[k] for t in steps]) for k in KINDS},
+                "exchange_share": med([e / t["step_s"] for e, t in zip(exchange, steps)]),
+                "timed_steps": len(steps)}
 
     def schedule(self, step: int) -> float:
         """Linear warmup, then cosine from 1 to 0.1 of the peak."""
@@ -152,7 +172,8 @@ class Trainer:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
+        with self.clock("dense_grads"):
+            dist.all_reduce(flat)
         flat /= self.world
         offset = 0
         for p, g in zip(self.model.parameters(), grads):
@@ -217,6 +238,7 @@ def train(cfg: TrainConfig) -> Trainer:
         summary = {"steps": trainer.step, "tokens": trainer.step * tokens_per_step, "wall_s": wall,
                    "tokens_per_s": (trainer.step - first) * tokens_per_step / wall if wall else 0.0,
                    "world_size": trainer.world, "device": str(trainer.device), "engram": cfg.engram,
+                   "batch": cfg.batch, "seq_len": cfg.seq_len, **trainer.timing_summary(),
                    "train_tokens": trainer.windows.tokens["train"], "val_tokens": trainer.windows.tokens["val"],
                    "val_loss": trainer.history["val"][-1][1], **ablations, "history": trainer.history}
         (Path(cfg.out) / "metrics.json").write_text(json.dumps(summary, indent=1))
