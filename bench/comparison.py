@@ -47,6 +47,9 @@ class ComparisonConfig:
     colocated: bool = field(default=False, metadata={
         "help": "read the store's LMDB directly (a worker on the service's host) instead of over gRPC"})
     server_workers: int = field(default=2, metadata={"help": "memory service processes"})
+    service: str = field(default="", metadata={
+        "help": "host:port of a running memory service to read from instead of starting one (its store must "
+                "hold these tables: the outputs are compared)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, or auto (cuda when available)"})
     num_layers: int = field(default=16, metadata={"help": "backbone blocks (Engram layers must be among them)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
@@ -71,6 +74,8 @@ class ComparisonConfig:
             raise ValueError(f"ComparisonConfig.repeats must be >= 1 (got {self.repeats})")
         if self.checkpoint and not Path(self.checkpoint).is_file():
             raise ValueError(f"--checkpoint {self.checkpoint} does not exist")
+        if self.service and self.colocated:
+            raise ValueError("--service and --colocated: a worker reads either a service or the LMDB, not both")
 
     def engram_config(self) -> EngramConfig:
         """--config (checked against the checkpoint's), stored as --row-dtype."""
@@ -159,7 +164,9 @@ def _phase_waits(prefetcher, counts_before: dict, prefill_steps: int) -> dict[in
     return out
 
 
-def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
+def run_comparison(cfg: ComparisonConfig, log=print, before_run=lambda: None) -> dict:
+    """before_run: called before each run (warm-ups included), e.g. a barrier that starts several
+    workers' runs together (bench/shared_service.py)."""
     from core.tokenizer import get_compressed_tokenizer
     from memory_service.process import ServiceProcess
     from model_client.memory_client import MemoryClient
@@ -174,7 +181,8 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     tokenizer = get_compressed_tokenizer(config.tokenizer)
     db = table_store_path(cfg.data_dir, config, cfg.checkpoint)
-    ensure_tables(config, db, tokenizer, cfg.checkpoint)
+    if not cfg.service:  # a running service's tables are its own (whoever started it loaded them)
+        ensure_tables(config, db, tokenizer, cfg.checkpoint)
     device, dtype = cfg.torch_device, cfg.torch_dtype
     hasher = NgramHasher(config, tokenizer)
     local = local_model(cfg, config, hasher, log).to(device, dtype).eval()
@@ -186,13 +194,13 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
     # new prompts every repeat (the caches see fresh text); local and remote run the same ones
     prompt_sets = [make_prompts(tokenizer, dataclasses.replace(wl, workload_seed=wl.workload_seed + r))
                    for r in range(cfg.repeats)]
-    if not cfg.colocated:
+    if not (cfg.colocated or cfg.service):
         log(f"starting the memory service ({cfg.server_workers} processes) on {db} ...")
-    server = None if cfg.colocated else ServiceProcess(db, workers=cfg.server_workers)
+    server = None if cfg.colocated or cfg.service else ServiceProcess(db, workers=cfg.server_workers)
     try:
         if server:
             server.wait_serving()
-        backing = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(server.target))
+        backing = StoreTier(str(db)) if cfg.colocated else ServiceTier(MemoryClient(cfg.service or server.target))
         prefetcher = Prefetcher(hasher, build_tiers(cfg.tiers, backing, config, device))
         try:
             remote = DemoModel(backbone, config, {layer: RemoteTableBackend(prefetcher, layer)
@@ -204,13 +212,15 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
             results = {"local": [], "remote": []}
             waits = []
             for mode, runner in runners.items():  # warm-up (page cache, connections, allocator, kernel
-                t0 = time.perf_counter()           # choices): not measured
+                before_run()                       # choices): not measured
+                t0 = time.perf_counter()
                 runner.run(prompt_sets[0], min(wl.decode_steps, 2), cfg.prefill_batch)
                 log(f"  warm-up {mode:<6}: {time.perf_counter() - t0:.1f} s (not measured)")
             match = True
             for r in range(cfg.repeats):  # pairs alternate which mode runs first: an order effect shows
                 for mode, runner in list(runners.items())[::1 if r % 2 == 0 else -1]:
                     before = {layer: len(w) for layer, w in prefetcher.exposed_wait_s.items()}
+                    before_run()
                     result = runner.run(prompt_sets[r], wl.decode_steps, cfg.prefill_batch)
                     results[mode].append(result)
                     if mode == "remote":
@@ -232,7 +242,8 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
         if server:
             server.stop()
     med = lambda xs: statistics.median(xs)  # noqa: E731
-    out = {"prefill_batch": cfg.prefill_batch, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "mode": "co-located lmdb" if cfg.colocated else "grpc service",
+    out = {"prefill_batch": cfg.prefill_batch, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+           "mode": "co-located lmdb" if cfg.colocated else "grpc service",
            "sequences": wl.sequences, "prefill_tokens": results["local"][0].prefill_tokens,
            "min_len": wl.min_len, "max_len": wl.max_len, "decode_steps": wl.decode_steps, "repeats": cfg.repeats,
            "decode_tokens": results["local"][0].decode_tokens, "backbone_parameters": backbone.parameters,
@@ -246,7 +257,8 @@ def run_comparison(cfg: ComparisonConfig, log=print) -> dict:
         out["samples"] = generated_text(tokenizer, prompt_sets[0], results["remote"][0].tokens)
     for phase in ("prefill", "decode"):
         for mode in ("local", "remote"):
-            out[f"{phase}_{mode}_tokens_per_s"] = med([getattr(r, f"{phase}_tokens_per_s") for r in results[mode]])
+            out[f"{phase}_{mode}_run_tokens_per_s"] = [getattr(r, f"{phase}_tokens_per_s") for r in results[mode]]
+            out[f"{phase}_{mode}_tokens_per_s"] = med(out[f"{phase}_{mode}_run_tokens_per_s"])
         # the median of the back-to-back pairs' ratios: robust to the machine's speed drifting
         pairs = [getattr(b, f"{phase}_tokens_per_s") / getattr(a, f"{phase}_tokens_per_s")
                  for a, b in zip(results["local"], results["remote"])]

@@ -75,6 +75,13 @@ BENCHES = {
             "Run the demo model over real text with its tables in memory and with them in the memory "
             "service (or the co-located LMDB), alternating, and report tokens/s, their ratio, exposed "
             "wait and cache hit rates. Appends one JSON row to --out."),
+    "workers": ("bench.shared_service:SharedServiceBenchConfig", "bench.shared_service:run",
+                "several model workers (one per GPU) sharing one memory service: aggregate tokens/s",
+                "Load the tables once and start one memory service; then run 1, 2, ... (--worker-counts) "
+                "model worker processes at once, worker i on GPU i (the cores split between them on a "
+                "CPU), each running the e2e comparison against that service with runs started together: "
+                "aggregate tokens/s against one worker, each worker's ratio to local tables, outputs "
+                "bit-compared."),
     "hit-rate": ("bench.hit_rate:HitRateConfig", "bench.hit_rate:run",
                  "cache hit rates on real text: LRU, the project's policies, Belady's optimum",
                  "Tokenize real corpora, hash them, and replay each Engram layer's row accesses through "
