@@ -64,6 +64,7 @@ def compare(runs: dict[int, dict]) -> dict:
             "tokens_per_s": m["batch"] * m["seq_len"] / m["step_s_median"],
             "step_time_ratio": m["step_s_median"] / reference["step_s_median"],
             "exchange_share": m["exchange_share"], "exchange_s_median": m["exchange_s_median"],
+            "exchange_bytes_median": m["exchange_bytes_median"],
             "val_loss": m["val_loss"], "first_loss": losses[0], "last_loss": losses[-1],
             "max_loss_rel_diff": diff, "losses_match": bool(diff <= LOSS_RTOL)})
     return out

@@ -63,10 +63,15 @@ def _spawned(rank: int, cfg: TrainConfig, port: int) -> None:
 
 
 def _init(rank: int, world: int, cfg: TrainConfig) -> None:
-    cuda = _device(cfg).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    if _device(cfg).type != "cuda":  # the cores split between the processes (torchrun sets OMP_NUM_THREADS)
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        return
+    # a process per GPU of this host: torchrun's LOCAL_RANK, else (spawned here) the rank
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=device)
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -151,6 +156,7 @@ class Trainer:
         exchange = [sum(t[k] for k in KINDS) for t in steps]
         return {"step_s_median": med([t["step_s"] for t in steps]),
                 "exchange_s_median": {k: med([t[k] for t in steps]) for k in KINDS},
+                "exchange_bytes_median": {k: med([t[f"{k}_bytes"] for t in steps]) for k in KINDS},
                 "exchange_share": med([e / t["step_s"] for e, t in zip(exchange, steps)]),
                 "timed_steps": len(steps)}
 
@@ -172,6 +178,7 @@ class Trainer:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.model.parameters()]
         flat = torch.cat([g.reshape(-1) for g in grads])
+        self.clock.count("dense_grads", 2 * (self.world - 1) * flat.numel() * flat.element_size() // self.world)
         with self.clock("dense_grads"):
             dist.all_reduce(flat)
         flat /= self.world

@@ -11,6 +11,7 @@ import pytest
 from bench import train_world
 from cli.main import main
 from tests.trained import TINY, tiny_cfg
+from training.trainer import Trainer
 
 
 def test_world_sizes_one_and_two_train_alike_and_the_exchange_is_timed(tmp_path):
@@ -31,6 +32,11 @@ def test_world_sizes_one_and_two_train_alike_and_the_exchange_is_timed(tmp_path)
     assert one["exchange_share"] == 0 and set(one["exchange_s_median"].values()) == {0.0}
     assert 0 < two["exchange_share"] < 1
     assert all(two["exchange_s_median"][k] > 0 for k in ("rows", "row_grads", "dense_grads"))
+    assert set(one["exchange_bytes_median"].values()) == {0}
+    # the dense all-reduce: 2 (W - 1) / W of every gradient, 4 B a parameter; at W = 2, all of them
+    parameters = sum(p.numel() for p in Trainer(tiny_cfg(tmp_path)).model.parameters())
+    assert two["exchange_bytes_median"]["dense_grads"] == 4 * parameters
+    assert two["exchange_bytes_median"]["rows"] > 0 and two["exchange_bytes_median"]["row_grads"] > 0
     for world in (1, 2):  # each run's own metrics and checkpoint stay
         metrics = json.loads((tmp_path / "runs" / f"world{world}" / "metrics.json").read_text())
         assert metrics["world_size"] == world and metrics["timed_steps"] == 2
@@ -40,6 +46,7 @@ def test_world_sizes_one_and_two_train_alike_and_the_exchange_is_timed(tmp_path)
 def test_a_loss_that_differs_is_flagged():
     metrics = {"batch": 4, "seq_len": 32, "device": "cpu", "steps": 2, "step_s_median": 1.0, "exchange_share": 0.0,
                "exchange_s_median": dict.fromkeys(("rows", "row_grads", "dense_grads"), 0.0), "val_loss": 5.0,
+               "exchange_bytes_median": dict.fromkeys(("rows", "row_grads", "dense_grads"), 0),
                "history": {"train": [[1, 6.0], [2, 5.5]]}}
     drifted = {**metrics, "step_s_median": 0.6, "history": {"train": [[1, 6.0], [2, 5.5 * (1 + 1e-4)]]}}
     row = train_world.compare({1: metrics, 2: drifted})
