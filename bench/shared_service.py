@@ -101,8 +101,11 @@ def run_workers(cfg: SharedServiceBenchConfig, target: str, count: int, gpus: in
 
 def summarize(count: int, results: list[dict]) -> dict:
     """N workers' comparisons -> aggregate tokens/s by phase and mode, and each worker's ratios."""
+    first = results[0]
     row = {"workers": count, "gpus": [r["gpu"] for r in results],
-           "outputs_match": all(r["outputs_match"] for r in results)}
+           "outputs_match": all(r["outputs_match"] for r in results),
+           **{k: first[k] for k in ("backbone_parameters", "prefill_tokens", "decode_tokens", "table_bytes",
+                                    "device_cache_bytes", "kernels", "dtype")}}
     for phase in PHASES:
         for mode in ("local", "remote"):
             runs = zip(*(r[f"{phase}_{mode}_run_tokens_per_s"] for r in results))  # runs that started together

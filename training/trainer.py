@@ -36,6 +36,8 @@ from .train_config import TrainConfig
 
 
 def run(cfg: TrainConfig) -> int:
+    if _device(cfg).type == "cuda" and "RANK" not in os.environ:
+        _check_gpus(cfg.world_size)
     if cfg.world_size > 1 and "RANK" not in os.environ:
         import torch.multiprocessing as mp
         with socket.socket() as s:  # a free port on loopback for the group's rendezvous
@@ -69,9 +71,18 @@ def _init(rank: int, world: int, cfg: TrainConfig) -> None:
         dist.init_process_group("gloo", rank=rank, world_size=world)
         return
     # a process per GPU of this host: torchrun's LOCAL_RANK, else (spawned here) the rank
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    _check_gpus(local + 1)
+    device = torch.device("cuda", local)
     torch.cuda.set_device(device)
     dist.init_process_group("nccl", rank=rank, world_size=world, device_id=device)
+
+
+def _check_gpus(processes: int) -> None:
+    """NCCL takes one GPU per process (two ranks on one GPU: 'Duplicate GPU detected')."""
+    if processes > torch.cuda.device_count():
+        raise ValueError(f"--world-size: {processes} processes on this host need {processes} GPUs, it has "
+                         f"{torch.cuda.device_count()} (NCCL takes one GPU per process; --device cpu trains over gloo)")
 
 
 def _device(cfg: TrainConfig) -> torch.device:

@@ -177,3 +177,14 @@ def test_gate_command_draws_and_compares(tmp_path, ds_tokenizer):
     stats = json.loads((out / "gate_phrases.json").read_text())
     assert stats["phrase_tokens"] > 0 and set(stats["layers"]) == {"1", "2"}
     assert all(0 < v[k] < 1 for v in stats["layers"].values() for k in ("phrase", "other"))
+
+
+def test_more_nccl_processes_than_gpus_is_refused_naming_the_flag():
+    """NCCL refuses two ranks on one GPU ('Duplicate GPU detected') only after the group starts;
+    train says so before, in the flag's terms."""
+    from training.trainer import _check_gpus
+    gpus = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"--world-size: {gpus + 1} processes on this host need {gpus + 1} GPUs, "
+                                         rf"it has {gpus} .*--device cpu trains over gloo"):
+        _check_gpus(gpus + 1)
+    _check_gpus(gpus)  # as many as there are: fine
