@@ -78,17 +78,21 @@ def run_workers(cfg: SharedServiceBenchConfig, target: str, count: int, gpus: in
         outs = [str(Path(tmp) / f"worker{i}.json") for i in range(count)]
         procs = [ctx.Process(target=_worker, args=(i, count, cfg.worker(target), gpus, barrier, outs[i]))
                  for i in range(count)]
-        for p in procs:
-            p.start()
         first_failed = None
-        while any(p.is_alive() for p in procs):  # one worker failing must not leave the rest at the barrier
-            first_failed = next((i for i, p in enumerate(procs) if p.exitcode not in (None, 0)), None)
-            if first_failed is not None:
+        try:
+            for p in procs:
+                p.start()
+            while any(p.is_alive() for p in procs):  # one failing must not leave the rest at the barrier
+                first_failed = next((i for i, p in enumerate(procs) if p.exitcode not in (None, 0)), None)
+                if first_failed is not None:
+                    break
+                time.sleep(0.2)
+        finally:  # a failure, or the bench itself interrupted: no worker outlives it
+            if any(p.is_alive() for p in procs):
                 barrier.abort()
                 for p in procs:
-                    p.terminate()
-                break
-            time.sleep(0.2)
+                    if p.is_alive():
+                        p.terminate()
         for p in procs:
             p.join()
         if first_failed is None:
