@@ -133,7 +133,7 @@ def fio(path, depth: int, seconds: float, device: str | None) -> dict:
     pct = read["clat_ns"].get("percentile", {})
     return {"bench": "scale-fio", "iodepth": depth, "fio_iops": read["iops"],
             "fio_p50_ms": pct.get("50.000000", 0) / 1e6, "fio_p99_ms": pct.get("99.000000", 0) / 1e6,
-            "fio_queue_depth": disk["queue_depth"], "fio_s": seconds}
+            "fio_queue_depth": disk["queue_depth"], "fio_s": seconds, "fio_engine": f"io_uring, {jobs} job(s)"}
 
 
 def verify(config, seed: int, ids: np.ndarray, rows: np.ndarray, progress: bool = True) -> int:

@@ -55,7 +55,8 @@ class ScaleBenchConfig:
     clients: int = field(default=4, metadata={"help": "client processes (one request in flight each)"})
     server_workers: int = field(default=4, metadata={"help": "server processes"})
     replot: list[str] = field(default_factory=list, metadata={
-        "help": "only draw one PNG (--out with .png) from these JSON results of earlier runs, measuring nothing"})
+        "help": "only draw one PNG (--out with .png) from these JSON results of earlier runs, measuring nothing: cold-row "
+                "runs all on one figure, or the older table-size sweeps (bench/results/scale*.json) one series each"})
     out: str = field(default="bench-out/scale.json", metadata={"help": "JSON output; a PNG beside it; bench-out/ is not tracked (the committed figures are in bench/results/)"})
 
     def __post_init__(self):

@@ -6,13 +6,31 @@ from pathlib import Path
 
 
 def replot(paths: list[str], out: str) -> int:
-    series = {}
+    """One PNG from earlier runs' JSON: the cold-row format (this bench's now: rows with "bench" =
+    scale-cold / scale-trace / scale-fio) all on one figure, or the older table-size sweeps, a series each."""
+    runs = {}
     for path in paths:
-        rows = json.loads(Path(path).read_text())
-        note = ", huge pages" if any(r.get("huge_pages") for r in rows) or "hugepages" in path else ", 4 KiB pages"
-        series[f"{Path(path).name} ({rows[0]['date']}{note})"] = sorted(rows, key=lambda r: r["table_gib"])
+        try:
+            runs[path] = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--replot {path}: {e}") from None
+        if not isinstance(runs[path], list) or not runs[path] or not all(isinstance(r, dict) for r in runs[path]):
+            raise ValueError(f"--replot {path}: not the JSON rows of a bench scale run")
+    cold = {p for p, rows in runs.items() if all(str(r.get("bench", "")).startswith("scale-") for r in rows)}
+    if cold and cold != set(runs):
+        raise ValueError(f"--replot: {sorted(cold)} are cold-row runs and {sorted(set(runs) - cold)} table-size "
+                         "sweeps (an older format): draw them separately")
     png = Path(out).with_suffix(".png")
-    plot(series, png)
+    if cold:  # each run's fio curve its own line: the disk drifts between runs
+        plot_cold([{**r, "run": Path(p).name} for p, rows in runs.items() for r in rows], png)
+    else:
+        series = {}
+        for path, rows in runs.items():
+            if any("service_rows_per_s" not in r for r in rows):
+                raise ValueError(f"--replot {path}: not the JSON rows of a bench scale run")
+            note = ", huge pages" if any(r.get("huge_pages") for r in rows) or "hugepages" in path else ", 4 KiB pages"
+            series[f"{Path(path).name} ({rows[0]['date']}{note})"] = sorted(rows, key=lambda r: r["table_gib"])
+        plot(series, png)
     print(f"wrote {png}")
     return 0
 
@@ -56,14 +74,17 @@ def plot_cold(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fio = sorted((r for r in rows if r["bench"] == "scale-fio"), key=lambda r: r["iodepth"])
+    fio_runs = sorted({r.get("run", "") for r in fio})
     phases = [r for r in rows if r["bench"] in ("scale-cold", "scale-trace")]
     if not phases:
         return
     first = phases[0]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
-    if fio:
-        a.plot([r["fio_queue_depth"] for r in fio], [r["fio_iops"] for r in fio], "k.-",
-               label="fio 4 KiB random reads, O_DIRECT (io_uring, 2 jobs), x = measured queue depth")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 7))
+    for i, run in enumerate(fio_runs):
+        curve = [r for r in fio if r.get("run", "") == run]
+        a.plot([r["fio_queue_depth"] for r in curve], [r["fio_iops"] for r in curve], ".-", color=str(0.55 * i),
+               label=f"fio 4 KiB random reads, O_DIRECT, {curve[-1].get('fio_engine', 'engine not recorded')}"
+                     f"{', ' + run if run else ''}; x = measured queue depth")
     modes = sorted({r["read_mode"] for r in phases})
     for r in phases:
         if r["bench"] != "scale-cold":
@@ -77,7 +98,7 @@ def plot_cold(rows: list[dict], path: Path) -> None:
     a.set_xlabel("reads in flight at the disk (mean, /proc/diskstats)")
     a.set_ylabel("cold rows/s (service) or reads/s (fio)")
     a.grid(alpha=0.3)
-    a.legend(fontsize=7)
+    a.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.14), ncol=2)  # below: the points fill the axes
     labels = [f"{r['bench'][6:]}\n{r['read_mode']}\n{r['request_rows'] // 1024}k" for r in phases]
     x = range(len(phases))
     b.bar([i - 0.2 for i in x], [r["p50_ms"] for r in phases], 0.4, label="p50")

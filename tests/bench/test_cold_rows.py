@@ -1,6 +1,7 @@
 """bench scale's cold phases (bench/cold_rows.py): ids that are each a disk read, disk counters read
 right, fio parsed, and the row check that catches a single wrong byte."""
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from core.row_format import RowFormat
 from core.table_init import BLOCK_ROWS, seeded_rows
 
 from ..served import tiny_config
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def test_cold_ids_never_share_a_page_and_stay_in_the_table():
@@ -84,3 +87,21 @@ def test_bench_scale_end_to_end_on_a_small_table(tmp_path):
         assert r["rows_checked"] == sum(x["rows_served"] for x in rows)
     assert 0 < rows[1]["device_hit_rate"] < 1
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("results", [["scale_cold_rows.json", "scale_cold_rows_trace.json"],
+                                     ["scale.json", "scale_hugepages.json"]])
+def test_replot_draws_the_committed_results_of_either_format(tmp_path, results):
+    from cli.main import main
+    paths = [str(RESULTS / name) for name in results]
+    assert main(["bench", "scale", "--replot", *paths, "--out", str(tmp_path / "again.json")]) == 0
+    png = (tmp_path / "again.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_replot_refuses_mixed_formats_naming_the_files(tmp_path, capsys):
+    from cli.main import main
+    paths = [str(RESULTS / "scale_cold_rows.json"), str(RESULTS / "scale.json")]
+    assert main(["bench", "scale", "--replot", *paths, "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "scale_cold_rows.json" in err and "draw them separately" in err
