@@ -51,43 +51,51 @@ class SharedServiceBenchConfig(ComparisonConfig):
         return ComparisonConfig(**{**values, "service": target})
 
 
-def gpu_count() -> int:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (a user's "2,3" stays 2 and 3)."""
     import torch
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    named = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named[:count] if named else [str(i) for i in range(count)]
 
 
-def _worker(index: int, count: int, cfg: ComparisonConfig, gpus: int, barrier, out: str) -> None:
-    """One worker process: its GPU (or its share of the cores), then the comparison against the service."""
-    if gpus and cfg.torch_device.type != "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)  # before CUDA starts in this process
+def _worker(index: int, count: int, cfg: ComparisonConfig, gpu: str | None, barrier, out: str) -> None:
+    """One worker process (its GPU set in its environment before it started), its share of the cores on
+    a CPU, then the comparison against the service."""
     import torch
-    if not gpus or cfg.torch_device.type == "cpu":
+    if gpu is None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
     from .comparison import run_comparison
     result = run_comparison(cfg, log=lambda msg: print(f"[worker {index}/{count}] {msg}", flush=True),
                             before_run=lambda: barrier.wait())
-    result["gpu"] = index % gpus if gpus and cfg.torch_device.type != "cpu" else None
+    result["gpu"] = gpu
     Path(out).write_text(json.dumps(result))
 
 
-def run_workers(cfg: SharedServiceBenchConfig, target: str, count: int, gpus: int) -> list[dict]:
-    """`count` workers at once against the service at `target`; each one's comparison."""
+def run_workers(cfg: SharedServiceBenchConfig, target: str, count: int, gpus: list[str]) -> list[dict]:
+    """`count` workers at once against the service at `target` (worker i on gpus[i mod len]); each one's
+    comparison."""
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: CUDA and threads set before they start
     barrier = ctx.Barrier(count, timeout=cfg.barrier_timeout_s)
     with tempfile.TemporaryDirectory(prefix="engram-workers-") as tmp:
         outs = [str(Path(tmp) / f"worker{i}.json") for i in range(count)]
-        procs = [ctx.Process(target=_worker, args=(i, count, cfg.worker(target), gpus, barrier, outs[i]))
+        mine = [gpus[i % len(gpus)] if gpus else None for i in range(count)]
+        procs = [ctx.Process(target=_worker, args=(i, count, cfg.worker(target), mine[i], barrier, outs[i]))
                  for i in range(count)]
-        first_failed = None
+        first_failed, inherited = None, os.environ.get("CUDA_VISIBLE_DEVICES")
         try:
-            for p in procs:
+            for p, gpu in zip(procs, mine):  # a spawned process starts with this environment: CUDA sees one GPU
+                if gpu is not None:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
                 p.start()
+            _restore("CUDA_VISIBLE_DEVICES", inherited)
             while any(p.is_alive() for p in procs):  # one failing must not leave the rest at the barrier
                 first_failed = next((i for i, p in enumerate(procs) if p.exitcode not in (None, 0)), None)
                 if first_failed is not None:
                     break
                 time.sleep(0.2)
         finally:  # a failure, or the bench itself interrupted: no worker outlives it
+            _restore("CUDA_VISIBLE_DEVICES", inherited)
             if any(p.is_alive() for p in procs):
                 barrier.abort()
                 for p in procs:
@@ -101,6 +109,13 @@ def run_workers(cfg: SharedServiceBenchConfig, target: str, count: int, gpus: in
             raise RuntimeError(f"worker {first_failed} of {count} failed (exit code {procs[first_failed].exitcode}; "
                                "its traceback is above); the other workers were stopped")
         return [json.loads(Path(o).read_text()) for o in outs]
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def summarize(count: int, results: list[dict]) -> dict:
@@ -141,7 +156,7 @@ def run(cfg: SharedServiceBenchConfig) -> int:
 
     from .comparison import ensure_tables, table_store_path
     config = cfg.engram_config()
-    gpus = gpu_count() if cfg.torch_device.type == "cuda" else 0
+    gpus = visible_gpus() if cfg.torch_device.type == "cuda" else []
     target, server = cfg.service, None
     if not target:
         db = table_store_path(cfg.data_dir, config, cfg.checkpoint)
@@ -154,13 +169,13 @@ def run(cfg: SharedServiceBenchConfig) -> int:
             server.wait_serving()
         rows = []
         for count in cfg.worker_counts:
-            print(f"{count} worker(s) on {'GPUs ' + str(sorted({i % gpus for i in range(count)})) if gpus else 'CPU'} "
+            print(f"{count} worker(s) on {'GPUs ' + ', '.join(sorted({gpus[i % len(gpus)] for i in range(count)})) if gpus else 'CPU'} "
                   f"against {target} ...", flush=True)
             rows.append(summarize(count, run_workers(cfg, target, count, gpus)))
     finally:
         if server:
             server.stop()
-    result = {"bench": "workers", "service": target, "server_workers": cfg.server_workers, "gpus_visible": gpus,
+    result = {"bench": "workers", "service": target, "server_workers": cfg.server_workers, "gpus_visible": len(gpus),
               "device": str(cfg.torch_device), "sequences": cfg.workload.sequences, "decode_steps": cfg.workload.decode_steps,
               "repeats": cfg.repeats, "rows": rows, **machine()}
     for row in rows[1:]:

@@ -62,13 +62,12 @@ class ShardedTable:
             with self.clock("rows"):
                 dist.all_to_all_single(recv, send)
                 send_n, recv_n = send.tolist(), recv.tolist()
+                asked = unique.new_empty(sum(recv_n))
+                dist.all_to_all_single(asked, unique, recv_n, send_n)   # ids other ranks need from me
             me = self.rank  # bytes that leave this rank: counts and ids out, rows back, gradients out
             self.clock.count("rows", 8 * (self.world - 1 + sum(send_n) - send_n[me])
                              + 4 * self.head_dim * (sum(recv_n) - recv_n[me]))
             self.clock.count("row_grads", 4 * self.head_dim * (sum(send_n) - send_n[me]))
-            with self.clock("rows"):
-                asked = unique.new_empty(sum(recv_n))
-                dist.all_to_all_single(asked, unique, recv_n, send_n)   # ids other ranks need from me
             local = asked - self.start
             if len(local) and (int(local.min()) < 0 or int(local.max()) >= self.stop - self.start):
                 raise RuntimeError(f"table {self.layer}: rank {self.rank} was asked for rows outside its shard")

@@ -48,30 +48,24 @@ def test_one_then_two_workers_share_one_service_and_match_local_tables(tmp_path,
 def test_a_shared_service_with_other_rows_is_caught(tmp_path, tiny_json):
     config = tiny_config(layer_ids=[1, 2], row_dtype="bfloat16")
     store = TableStore(tmp_path / "other")
+    tokenizer = get_compressed_tokenizer("deepseek-v3")
     try:  # the same tables, but the seeded rows of seed 1, not the local tables' seed 0
         for layer in config.layer_ids:
-            tokenizer = get_compressed_tokenizer("deepseek-v3")
             load_layer(store, config, layer, RandomRows(1, layer, config.head_dim), tokenizer.sha256,
                        tokenizer.num_compressed, progress=False)
     finally:
         store.close()
-    server = Server(tmp_path / "other")
-    try:
+    with Server(tmp_path / "other") as server:
         server.wait_serving()
         assert main(argv(tmp_path, tiny_json, "--worker-counts", "2", "--service", server.target)) == 1
-    finally:
-        server.stop()
     assert not json.loads((tmp_path / "w.json").read_text())[0]["rows"][0]["outputs_match"]
 
 
 def test_a_failing_worker_ends_the_bench_naming_it(tmp_path, tiny_json, capfd):
     fill_store(tmp_path / "other-config")  # tables of another EngramConfig: each worker refuses them
-    server = Server(tmp_path / "other-config")
-    try:
+    with Server(tmp_path / "other-config") as server:
         server.wait_serving()
         assert main(argv(tmp_path, tiny_json, "--worker-counts", "2", "--service", server.target)) == 2
-    finally:
-        server.stop()
     err = capfd.readouterr().err  # the workers are processes of their own: their stderr is the fd
     assert "its rows would be wrong for this model" in err
     assert "of 2 failed" in err and "the other workers were stopped" in err
